@@ -20,7 +20,11 @@ $(STAMP): settings.ini setup.py
 install: $(STAMP) ## create .venv and install the package with its dev extras
 
 demo: $(STAMP) ## the main job on its embedded default (CPU is fine)
-	$(PY) -m vibenanochat.demo --depth $(DEPTH)
+	@$(PY) -c 'import torch; from vibenanochat.config import GPTConfig, depth_table, format_table; from vibenanochat.model import GPT; \
+	print(format_table(depth_table())); m = GPT(GPTConfig.from_depth($(DEPTH), seq_len=256)); x = torch.randint(0, 50257, (2, 256)); \
+	loss = m(x, x); loss.backward(); \
+	print(f"depth-$(DEPTH) model: {sum(p.numel() for p in m.parameters()):,} parameters, {m.estimate_flops():,} FLOPs/token; forward+backward OK, loss {loss.item():.3f}"); \
+	print("Training arrives with the trainer chapter (nbs/09_trainer).")'
 
 export: $(STAMP) ## regenerate vibenanochat/ from nbs/
 	$(VENV)/bin/nbdev_export
