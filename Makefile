@@ -4,9 +4,15 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-DEPTH ?= 4
+DEPTH ?= 12
+NGPUS ?= 8
+TARGET_FLOPS ?=
+DEMO_DATA ?= data/demo
+DEMO_TOKENS ?= 3000000
+DEMO_TRAIN ?= --depth 4 --seq-len 256 --device-batch-size 16 --total-batch-size 8192 --num-iterations 600 \
+  --eval-every 200 --eval-tokens 65536 --sample-every 300 --save-every 200 --log-every 10
 
-.PHONY: help install demo test export check-export lab clean-nbs
+.PHONY: help install demo data train ddp-train eval gpu-status kill-gpu test export check-export lab clean-nbs
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-14s %s\n", $$1, $$2}'
@@ -19,12 +25,35 @@ $(STAMP): settings.ini setup.py
 
 install: $(STAMP) ## create .venv and install the package with its dev extras
 
-demo: $(STAMP) ## the main job on its embedded default (CPU is fine)
-	@$(PY) -c 'import torch; from vibenanochat.config import GPTConfig, depth_table, format_table; from vibenanochat.model import GPT; \
-	print(format_table(depth_table())); m = GPT(GPTConfig.from_depth($(DEPTH), seq_len=256)); x = torch.randint(0, 50257, (2, 256)); \
-	loss = m(x, x); loss.backward(); \
-	print(f"depth-$(DEPTH) model: {sum(p.numel() for p in m.parameters()):,} parameters, {m.estimate_flops():,} FLOPs/token; forward+backward OK, loss {loss.item():.3f}"); \
-	print("Training arrives with the trainer chapter (nbs/09_trainer).")'
+demo: $(STAMP) ## the main job on its embedded default: data, a small model trained for a few minutes, samples
+	$(PY) -m vibenanochat.data $(or $(DATA),auto) --out $(DEMO_DATA) --tokenizer auto --max-tokens $(DEMO_TOKENS) --quiet
+	$(PY) -m vibenanochat.train --data-dir $(DEMO_DATA) --run-name demo --log-dir logs $(DEMO_TRAIN)
+	$(PY) -m vibenanochat.generate --checkpoint logs/demo --prompt "The meaning of" --max_length 40 --temperature 0.8 --top_k 50 --num_samples 3
+
+data: $(STAMP) ## prepare FineWeb-Edu sample-10BT (or DATA=path) as tokenized shards in data/
+	$(PY) -m vibenanochat.data $(or $(DATA),fineweb-edu) $(DATA_ARGS)
+
+train: $(STAMP) ## one process (CPU or one GPU): make train DEPTH=4 ARGS="--num-iterations 500"
+	$(PY) -m vibenanochat.train --depth $(DEPTH) $(ARGS)
+
+ddp-train: $(STAMP) ## torchrun on NGPUS GPUs: make ddp-train NGPUS=8 DEPTH=12 TARGET_FLOPS=1e18
+	$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NGPUS) -m vibenanochat.train --depth $(DEPTH) \
+	  $(if $(TARGET_FLOPS),--target-flops $(TARGET_FLOPS)) $(ARGS)
+
+eval: $(STAMP) ## CORE on a checkpoint: make eval CKPT=logs/demo ARGS="--max-per-task 100"
+	$(PY) -m vibenanochat.evals --checkpoint $(or $(CKPT),$$(ls -d logs/demo/checkpoints/step_* | tail -1)) $(ARGS)
+
+gpu-status: ## GPUs, their memory, and this project's training processes on them
+	@command -v nvidia-smi >/dev/null || { echo "no NVIDIA GPU here (nvidia-smi not found)"; exit 0; }; \
+	nvidia-smi --query-gpu=index,name,utilization.gpu,memory.used,memory.total --format=csv; \
+	for p in $$(nvidia-smi --query-compute-apps=pid --format=csv,noheader); do \
+	  cmd=$$(tr '\0' ' ' < /proc/$$p/cmdline 2>/dev/null); case "$$cmd" in *vibenanochat*train*) echo "pid $$p: $$cmd";; esac; done
+
+kill-gpu: ## stop this project's training processes on the GPUs (by pid, nothing else)
+	@command -v nvidia-smi >/dev/null || { echo "no NVIDIA GPU here (nvidia-smi not found)"; exit 0; }; \
+	for p in $$(nvidia-smi --query-compute-apps=pid --format=csv,noheader); do \
+	  cmd=$$(tr '\0' ' ' < /proc/$$p/cmdline 2>/dev/null); \
+	  case "$$cmd" in *vibenanochat*train*) echo "stopping pid $$p: $$cmd"; kill -INT $$p;; esac; done
 
 export: $(STAMP) ## regenerate vibenanochat/ from nbs/
 	$(VENV)/bin/nbdev_export

@@ -31,11 +31,11 @@ import vibenanochat.tokenizer as tok
 
 # %% auto #0
 __all__ = ['DATA_ENV', 'TEXT_SUFFIXES', 'FINEWEB_REPO', 'OFFLINE_HINT', 'WINDOW_DOCS', 'SHARD_DOCS', 'VAL_DOCS', 'GROUP_DOCS',
-           'FINEWEB_NAMES', 'PYDOCS_NAMES', 'data_root', 'new_stats', 'decode_utf8', 'read_txt', 'read_jsonl',
-           'read_parquet', 'read_local', 'docstring_doc', 'read_pydocs', 'hub_endpoint', 'fineweb_folder', 'hub_files',
-           'download', 'HTTPRangeFile', 'read_fineweb', 'token_dtype', 'write_shard', 'read_shard', 'write_shards',
-           'source_texts', 'resolve_tokenizer', 'prepare', 'prepare_default', 'load_manifest', 'data_tokenizer',
-           'dashed_options', 'main']
+           'FINEWEB_NAMES', 'PYDOCS_NAMES', 'AUTO_NAMES', 'data_root', 'new_stats', 'decode_utf8', 'read_txt',
+           'read_jsonl', 'read_parquet', 'read_local', 'docstring_doc', 'read_pydocs', 'hub_endpoint', 'fineweb_folder',
+           'hub_files', 'download', 'HTTPRangeFile', 'read_fineweb', 'token_dtype', 'write_shard', 'read_shard',
+           'write_shards', 'source_texts', 'resolve_tokenizer', 'auto_source', 'prepare', 'prepare_default',
+           'load_manifest', 'data_tokenizer', 'dashed_options', 'main']
 
 # %% ../nbs/07_data.ipynb #a6013ab1
 DATA_ENV = "VNC_DATA_DIR"
@@ -536,12 +536,25 @@ def resolve_tokenizer(spec: str | tiktoken.Encoding, texts: Callable[[], Iterabl
     if progress: print(f"trained {enc.name} in {time.time() - t:.1f}s")
     return enc
 
+AUTO_NAMES = ("auto",)
+
+def auto_source(config: str = "sample-10BT", progress: bool = True) -> str:
+    "The embedded default's choice: FineWeb-Edu when the hub answers, else the offline corpus (docstrings of installed packages)."
+    try:
+        hub_files(FINEWEB_REPO, fineweb_folder(config), retries=1)
+        choice, why = "fineweb-edu", f"the Hugging Face hub answers: FineWeb-Edu {config}"
+    except SystemExit as e:
+        choice, why = "pydocs", f"FineWeb-Edu unreachable ({str(e).split(' (')[0]}): the offline corpus of installed packages' docstrings"
+    if progress: print(f"data source: {why}")
+    return choice
+
 def prepare(source: str, out_dir: str | Path | None = None, tokenizer: str | tiktoken.Encoding = "gpt2", *,
             config: str = "sample-10BT", text_field: str = "text", split: str = "blank", stream: bool | None = None,
             max_docs: int | None = None, max_tokens: int | None = None, seed: int = 42, shard_docs: int = SHARD_DOCS,
             val_docs: int = VAL_DOCS, window_docs: int = WINDOW_DOCS, bpe_vocab: int = 8192,
             threads: int | None = None, progress: bool = True) -> dict:
     "Prepare a source ('fineweb-edu', 'pydocs' or a path) as tokenized shards in out_dir; returns the manifest (+ 'dir')."
+    if source in AUTO_NAMES: source = auto_source(config, progress)
     out = Path(out_dir) if out_dir else data_root() / _source_name(source, config)
     if stream is None:
         stream = max_docs is not None or max_tokens is not None  # a slice: fetch only the row groups it needs
@@ -600,7 +613,7 @@ if __name__ == "__main__" and globals().get("__file__"):  # run as a script, not
     sys.argv[1:] = dashed_options(sys.argv[1:])
 
 @call_parse
-def main(source: Param("fineweb-edu, pydocs (offline: docstrings of installed packages), or a path to "
+def main(source: Param("fineweb-edu, pydocs (offline: docstrings of installed packages), auto (the first that works), or a path to "
                        ".txt/.jsonl/.parquet files or a folder of them", str, opt=False, nargs="?") = "fineweb-edu",
          out: Param("output folder (default: $VNC_DATA_DIR or data/, then a name from SOURCE)", str) = None,
          tokenizer: Param("gpt2, auto (gpt2, else a BPE trained on the corpus), or a tokenizer file or folder", str) = "gpt2",

@@ -1,0 +1,122 @@
+"""The train CLI for real: 1 and 2 processes, exact resume after SIGKILL, Ctrl-C, and one-line errors for bad flags."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, need_shared
+
+ARGS = ["--depth", "2", "--seq-len", "64", "--device-batch-size", "4", "--total-batch-size", "512",
+        "--num-iterations", "16", "--eval-every", "8", "--eval-tokens", "1024", "--save-every", "4",
+        "--log-every", "2", "--compile", "off", "--dtype", "fp32", "--device", "cpu"]
+
+
+def train_cmd(nproc: int = 1, path_form: bool = False) -> list[str]:
+    target = [str(REPO / "vibenanochat" / "train.py")] if path_form else ["-m", "vibenanochat.train"]
+    if nproc == 1: return [sys.executable, *target]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *target]
+
+
+def run(args, nproc=1, path_form=False, check=True, timeout=300):
+    env = dict(os.environ, OMP_NUM_THREADS="1" if nproc > 1 else os.environ.get("OMP_NUM_THREADS", "2"))
+    r = subprocess.run(train_cmd(nproc, path_form) + list(args), capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
+    if check: assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
+    return r
+
+
+def losses(run_dir: Path) -> list[float]:
+    recs = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r["loss"] for r in recs if "loss" in r and "event" not in r]
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    import vibenanochat.data as data
+    out = tmp_path_factory.mktemp("data") / "shakespeare"
+    data.prepare(str(need_shared("text", "tiny_shakespeare_input.txt")), out,
+                 tokenizer=str(need_shared("tokenizers", "gpt2")), progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def reference(shards, tmp_path_factory):
+    "One uninterrupted single-process run (launched by path, `python vibenanochat/train.py`)."
+    logs = tmp_path_factory.mktemp("logs")
+    run(ARGS + ["--data-dir", str(shards), "--log-dir", str(logs), "--run-name", "ref"], path_form=True)
+    return logs / "ref"
+
+
+def test_one_process_learns_and_checkpoints(reference):
+    ls = losses(reference)
+    assert len(ls) == 16 and ls[-1] < ls[0] - 1.0, ls
+    final = reference / "checkpoints" / "step_000016"
+    assert {"model.pt", "meta.json", "optim_rank0.pt", "loader_rank0.pt", "tokenizer.json"} <= {p.name for p in final.iterdir()}
+    end = json.loads((reference / "metrics.jsonl").read_text().splitlines()[-1])
+    assert end["event"] == "end" and end["step"] == 16 and end["val_bpb"] > 0
+
+
+def test_two_processes_give_the_same_loss_curve(shards, reference, tmp_path):
+    # 1 process x 2 accumulation steps == 2 processes x 1: the same rows, the same model
+    r = run(ARGS + ["--data-dir", str(shards), "--log-dir", str(tmp_path), "--run-name", "ddp"], nproc=2)
+    two, one = losses(tmp_path / "ddp"), losses(reference)
+    assert len(two) == 16
+    assert max(abs(a - b) / abs(b) for a, b in zip(two, one)) < 1e-4, (two, one)
+    ck = tmp_path / "ddp" / "checkpoints" / "step_000016"
+    assert (ck / "optim_rank0.pt").exists() and (ck / "optim_rank1.pt").exists() and (ck / "loader_rank1.pt").exists()
+
+
+def test_sigkill_then_resume_is_exact(shards, reference, tmp_path):
+    args = ARGS + ["--data-dir", str(shards), "--log-dir", str(tmp_path), "--run-name", "killed"]
+    p = subprocess.Popen(train_cmd() + args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ck = tmp_path / "killed" / "checkpoints" / "step_000008"
+    deadline = time.time() + 240
+    while not ck.exists() and p.poll() is None and time.time() < deadline: time.sleep(0.05)
+    p.send_signal(signal.SIGKILL); p.wait()
+    assert ck.exists(), "the run never reached its step-8 checkpoint"
+    assert not (tmp_path / "killed" / "checkpoints" / "step_000016").exists(), "killed too late to test anything"
+    run(args + ["--resume"])
+    assert losses(tmp_path / "killed") == losses(reference)      # bit-identical, steps 1-16
+
+
+def test_ctrl_c_saves_and_exits_cleanly(shards, tmp_path):
+    args = ARGS[:] ; args[args.index("--num-iterations") + 1] = "400"
+    args += ["--data-dir", str(shards), "--log-dir", str(tmp_path), "--run-name", "ctrlc", "--log-every", "1", "--save-every", "1000"]
+    p = subprocess.Popen(train_cmd() + args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    metrics = tmp_path / "ctrlc" / "metrics.jsonl"
+    deadline = time.time() + 240
+    while (not metrics.exists() or len(metrics.read_text().splitlines()) < 3) and time.time() < deadline: time.sleep(0.05)
+    p.send_signal(signal.SIGINT)
+    out, _ = p.communicate(timeout=120)
+    assert p.returncode == 130, out[-3000:]
+    step = len(losses(tmp_path / "ctrlc"))
+    assert 3 <= step < 400 and (tmp_path / "ctrlc" / "checkpoints" / f"step_{step:06d}" / "model.pt").exists()
+    assert "continue with --resume" in out
+
+
+def one_line_error(r) -> str:
+    assert r.returncode != 0
+    lines = [l for l in r.stderr.strip().splitlines() if l.strip()]
+    assert len(lines) == 1, r.stderr[-3000:]
+    return lines[0]
+
+
+def test_bad_flags_give_one_line_errors(shards, reference, tmp_path):
+    base = ["--data-dir", str(shards), "--log-dir", str(tmp_path)]
+    assert "depth must be >= 1" in one_line_error(run(ARGS + base + ["--depth", "0"], check=False))
+    assert "not a multiple" in one_line_error(run(ARGS + base + ["--total-batch-size", "500"], check=False))
+    assert "no data folder" in one_line_error(run(ARGS + ["--data-dir", str(tmp_path / "nope"), "--log-dir", str(tmp_path)], check=False))
+    # a copy of the finished reference run: refuse to start over it, to resume it with another depth, or from a torn file
+    shutil.copytree(reference, tmp_path / "ref")
+    before = (tmp_path / "ref" / "metrics.jsonl").read_bytes()
+    assert "already holds checkpoints" in one_line_error(run(ARGS + base + ["--run-name", "ref"], check=False))
+    assert "--depth" in one_line_error(run(ARGS + base + ["--run-name", "ref", "--resume", "--depth", "3"], check=False))
+    model = tmp_path / "ref" / "checkpoints" / "step_000016" / "model.pt"
+    model.write_bytes(model.read_bytes()[:1000])
+    assert "corrupt or truncated" in one_line_error(run(ARGS + base + ["--run-name", "ref", "--resume"], check=False))
+    assert (tmp_path / "ref" / "metrics.jsonl").read_bytes() == before and model.stat().st_size == 1000   # nothing overwritten
