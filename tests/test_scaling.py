@@ -202,17 +202,19 @@ STANDIN = textwrap.dedent('''
     from pathlib import Path
     p = argparse.ArgumentParser()
     p.add_argument("--depth", type=int); p.add_argument("--target-flops", type=float)
-    p.add_argument("--target-param-data-ratio", type=float); p.add_argument("--run", "--name"); p.add_argument("--log-dir")
-    p.add_argument("--tag")
+    p.add_argument("--target-param-data-ratio", type=float); p.add_argument("--run-name"); p.add_argument("--log-dir")
+    p.add_argument("--tag"); p.add_argument("--resume", action="store_true")
     a = p.parse_args()
     rank = int(os.environ.get("RANK", "0"))
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    d = Path(a.log_dir) / a.run
+    d = Path(a.log_dir) / a.run_name
     d.mkdir(parents=True, exist_ok=True)
     if rank == 0:
-        with open(Path(a.log_dir) / "launches.txt", "a") as f: f.write(f"{a.run} world={world} tag={a.tag}\\n")
+        with open(Path(a.log_dir) / "launches.txt", "a") as f: f.write(f"{a.run_name} world={world} tag={a.tag} resume={a.resume}\\n")
     if a.depth == 3:
         print("simulated crash: out of memory", file=sys.stderr); sys.exit(3)
+    if a.depth == 5 and not a.resume:          # interrupted: a checkpoint but no end line
+        (d / "checkpoints" / "step_000010").mkdir(parents=True, exist_ok=True); sys.exit(130)
     N = 1e6 * a.depth ** 2
     tokens = a.target_flops / (6 * N) if a.target_flops else a.target_param_data_ratio * N
     loss = 1.5 + 40 / N ** 0.3 + 40 / tokens ** 0.3
@@ -258,10 +260,17 @@ def test_torchrun_refuses_ambiguous_trainer_flags():
     assert sc.train_command(sc.RunSpec(2, ratio=10), "logs", ngpus=1, extra=["--max", "3"])[-2:] == ["--max", "3"]
 
 
+def test_sweep_resumes_an_interrupted_run(tmp_path, monkeypatch):
+    _standin(tmp_path, monkeypatch)
+    specs, _ = sc.plan_sweep((5,), (1e14,))
+    logs = tmp_path / "runs"
+    assert sc.run_sweep(specs, logs, module="standin_train", echo=lambda s: None)[0]["status"] == "failed"
+    assert sc.run_sweep(specs, logs, module="standin_train", echo=lambda s: None)[0]["status"] == "ok"
+    assert [l.split()[-1] for l in (logs / "launches.txt").read_text().splitlines()] == ["resume=False", "resume=True"]
+
+
 def test_sweep_launches_through_torchrun(tmp_path, monkeypatch):
     _standin(tmp_path, monkeypatch)
-    if sc.torchrun_conflicts([sc.TRAIN_FLAGS["run"]]):    # `--run` abbreviates torchrun's --run-path: use --name here
-        monkeypatch.setitem(sc.TRAIN_FLAGS, "run", "--name")
     specs, _ = sc.plan_sweep((2,), ratio=10.0)
     rows = sc.run_sweep(specs, tmp_path / "runs", ngpus=2, module="standin_train", echo=lambda s: None)
     assert rows[0]["status"] == "ok" and rows[0]["ratio"] == 10 and math.isnan(rows[0]["budget"])
@@ -271,10 +280,10 @@ def test_sweep_launches_through_torchrun(tmp_path, monkeypatch):
 
 
 def test_cli_sweep_plan_prints_every_command(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "vibenanochat.scaling", "sweep", "--scale", "gpu",
+    r = subprocess.run([sys.executable, "-m", "vibenanochat.scaling", "sweep", "--scale", "gpu", "--ngpus", "8",
                         "--out", str(tmp_path / "s"), "--plan"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     cmds = [l for l in r.stdout.splitlines() if "--target-flops" in l]
-    assert len(cmds) == 24 and all("-m vibenanochat.train --depth" in l for l in cmds)
+    assert len(cmds) == 24 and all("--nproc_per_node=8 -m vibenanochat.train --depth" in l for l in cmds)
     assert {l.split("--target-flops ")[1].split()[0] for l in cmds} == {"1e18", "2e18", "3e18", "6e18"}
     assert not (tmp_path / "s").exists()                 # a plan trains and writes nothing
