@@ -14,7 +14,9 @@ from conftest import REPO, need_shared
 
 ARGS = ["--depth", "2", "--seq-len", "64", "--device-batch-size", "4", "--total-batch-size", "512",
         "--num-iterations", "16", "--eval-every", "8", "--eval-tokens", "1024", "--save-every", "4",
-        "--log-every", "2", "--compile", "off", "--dtype", "fp32", "--device", "cpu"]
+        "--log-every", "2", "--compile", "off", "--dtype", "fp32", "--device", "cpu",
+        # toy batch and depth: raise the base LRs (scaled by sqrt(512/2^19)) and drop the (12/2)^2 weight decay
+        "--matrix-lr", "0.3", "--embedding-lr", "3", "--unembedding-lr", "0.05", "--weight-decay", "0"]
 
 
 def train_cmd(nproc: int = 1, path_form: bool = False) -> list[str]:
@@ -37,10 +39,13 @@ def losses(run_dir: Path) -> list[float]:
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
+    "Tiny Shakespeare with a 2,048-token BPE trained on it (a small head keeps CPU steps fast)."
     import vibenanochat.data as data
+    import vibenanochat.tokenizer as tok
+    text = need_shared("text", "tiny_shakespeare_input.txt")
+    enc = tok.train_tokenizer(data.read_local(text), 2048)
     out = tmp_path_factory.mktemp("data") / "shakespeare"
-    data.prepare(str(need_shared("text", "tiny_shakespeare_input.txt")), out,
-                 tokenizer=str(need_shared("tokenizers", "gpt2")), progress=False)
+    data.prepare(str(text), out, tokenizer=enc, progress=False)
     return out
 
 
@@ -54,7 +59,7 @@ def reference(shards, tmp_path_factory):
 
 def test_one_process_learns_and_checkpoints(reference):
     ls = losses(reference)
-    assert len(ls) == 16 and ls[-1] < ls[0] - 1.0, ls
+    assert len(ls) == 16 and ls[-1] < ls[0] - 0.5, ls
     final = reference / "checkpoints" / "step_000016"
     assert {"model.pt", "meta.json", "optim_rank0.pt", "loader_rank0.pt", "tokenizer.json"} <= {p.name for p in final.iterdir()}
     end = json.loads((reference / "metrics.jsonl").read_text().splitlines()[-1])
