@@ -1,0 +1,198 @@
+"""Generation outside its chapter: the KV-cache decoder against naive recomputation, sampling rules and seeds,
+stop tokens, checkpoint loading, the widget without a browser (click, Stop), and the CLI."""
+import html
+import inspect
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import vibenanochat.generate as G
+from conftest import REPO, need_shared
+from vibenanochat.config import GPTConfig
+from vibenanochat.model import GPT, save_model
+from vibenanochat.tokenizer import bos_id, save_tokenizer, train_tokenizer
+
+
+def spread_model(seed=0, vocab_size=300, depth=2, seq_len=16, **kw) -> GPT:
+    "A random GPT whose logits are well spread (at init they are nearly uniform, and greedy ties would be noise)."
+    torch.manual_seed(seed)
+    m = GPT(GPTConfig.from_depth(depth, vocab_size=vocab_size, seq_len=seq_len, **kw))
+    with torch.no_grad():
+        for b in m.blocks:
+            b.attn.c_proj.weight.normal_(std=0.1); b.mlp.c_proj.weight.normal_(std=0.1)
+        m.lm_head.weight.normal_(std=0.5)
+    return m.eval()
+
+
+@pytest.fixture(scope="module")
+def enc():
+    "A small BPE trained on the docstrings of Python's builtins: needs no shared data, trains in well under a second."
+    text = "\n\n".join(inspect.getdoc(o) or "" for o in (str, list, dict, set, int, float, bytes, open, print, sorted, zip, map))
+    return train_tokenizer([text] * 3, vocab_size=320, name="testbpe")
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, enc):
+    "A run folder with two checkpoints (the latest is step 20) and the tokenizer beside the weights."
+    run = tmp_path_factory.mktemp("logs") / "demo"
+    for step, seed in [(10, 1), (20, 2)]:
+        ckpt = save_model(spread_model(seed, vocab_size=enc.n_vocab, seq_len=64), run / "checkpoints" / f"step_{step:06d}",
+                          dict(step=step, tokenizer="tokenizer.json"))
+        save_tokenizer(enc, ckpt / "tokenizer.json")
+    return run
+
+
+CONFIGS = [dict(), dict(n_kv_head=1), dict(window_pattern="SL", short_window=5),
+           dict(depth=4, n_kv_head=2, window_pattern="SSSL", short_window=3),
+           dict(depth=3, n_kv_head=1, window_pattern="SSL", short_window=4, value_embeds=True, layer_scalars=True)]
+
+
+@pytest.mark.parametrize("kw", CONFIGS, ids=["plain", "gqa", "window", "d4-gqa-sssl", "everything"])
+def test_kv_cache_greedy_equals_naive(kw):
+    m = spread_model(3, **dict(kw))
+    prompt, n = [1, 2, 3, 50, 7, 9], 50                           # 56 positions: far past seq_len 16, windows truncate
+    naive = list(m.generate(prompt, n, temperature=0.0))
+    steps = list(G.stream(m, prompt, n, temperature=0.0, num_samples=2))
+    assert [s.tokens for s in steps] == [[t, t] for t in naive]
+    with torch.no_grad():
+        full = m(torch.tensor([prompt + naive]))[0, len(prompt) - 1:-1]
+    assert (torch.stack([s.logits[1] for s in steps]) - full).abs().max() < 1e-4
+
+
+def test_sampling_stays_in_top_k_and_nucleus():
+    m = spread_model(4, vocab_size=200)
+    for seed in range(10):
+        for s in G.stream(m, [5, 6], 15, temperature=3.0, top_k=3, seed=seed, num_samples=3):
+            top = s.logits.topk(3, dim=-1).indices
+            assert all(t in top[r].tolist() for r, t in enumerate(s.tokens))
+        for s in G.stream(m, [5, 6], 15, temperature=1.0, top_p=0.3, seed=seed, num_samples=3):
+            probs = s.logits.softmax(-1)
+            for r, t in enumerate(s.tokens):                    # tokens strictly more likely than t hold < p of the mass
+                assert probs[r][probs[r] > probs[r, t]].sum() < 0.3
+    assert G.generate_tokens(m, [5, 6], 20, top_k=1, temperature=1.0) == G.generate_tokens(m, [5, 6], 20, temperature=0.0)
+
+
+def test_same_seed_same_text(enc):
+    m = spread_model(5, vocab_size=enc.n_vocab, seq_len=64)
+    kw = dict(max_new_tokens=40, temperature=1.0, top_k=50, stop_tokens=[])
+    a = G.generate(m, enc, "The list", seed=7, num_samples=3, **kw)
+    assert a == G.generate(m, enc, "The list", seed=7, num_samples=3, **kw)
+    assert a != G.generate(m, enc, "The list", seed=8, num_samples=3, **kw)
+    assert len(set(a)) > 1                                           # rows draw different numbers
+    one = G.generate_tokens(m, G.encode_prompt(enc, "The list"), 40, temperature=1.0, top_k=50, seed=7)[0]
+    assert one == list(m.generate(G.encode_prompt(enc, "The list"), 40, temperature=1.0, top_k=50, seed=7))
+
+
+def test_stops_at_bos_by_default(enc):
+    "A model that always predicts BOS: every row of `generate` ends at once, unless told not to stop."
+    m = GPT(GPTConfig.from_depth(2, vocab_size=enc.n_vocab, seq_len=32)).eval()
+    with torch.no_grad():
+        m.wte.weight.fill_(1.0)                 # every input looks alike; the blocks start as the identity
+        m.lm_head.weight.zero_(); m.lm_head.weight[bos_id(enc)] = 1.0
+    assert G.generate(m, enc, "hello", 10, num_samples=2) == ["", ""]
+    assert G.generate(m, enc, "hello", 3, stop_tokens=[], temperature=0.0) == ["<|endoftext|>" * 3]
+
+
+def test_rows_stop_independently():
+    m = spread_model(6, vocab_size=60)
+    free = G.generate_tokens(m, [1, 2], 40, temperature=1.0, seed=11, num_samples=5)
+    stop = free[2][5]
+    cut = G.generate_tokens(m, [1, 2], 40, temperature=1.0, seed=11, num_samples=5, stop_tokens=[stop])
+    assert cut == [f[:f.index(stop)] if stop in f else f for f in free]
+    assert any(len(c) < 40 for c in cut) and cut[2] == free[2][:free[2].index(stop)]
+
+
+def test_errors_name_the_problem(tmp_path):
+    m = spread_model(0, seq_len=8)                                   # RoPE table: 80 positions
+    with pytest.raises(ValueError, match="exceed the model's RoPE table"):
+        list(G.stream(m, [1] * 10, 100))
+    with pytest.raises(SystemExit, match="no checkpoint in"):
+        G.find_checkpoint(tmp_path)
+    with pytest.raises(SystemExit, match="does not exist"):
+        G.find_checkpoint(tmp_path / "missing")
+
+
+def test_load_checkpoint_picks_latest_step_and_its_tokenizer(run_dir, enc):
+    model, enc2, meta = G.load_checkpoint(run_dir)
+    assert meta["step"] == 20 and G.find_checkpoint(run_dir / "checkpoints") == run_dir / "checkpoints" / "step_000020"
+    assert enc2.encode_ordinary("sorted(iterable)") == enc.encode_ordinary("sorted(iterable)")
+    assert torch.equal(model.lm_head.weight, spread_model(2, vocab_size=enc.n_vocab, seq_len=64).lm_head.weight)
+    _, _, meta10 = G.load_checkpoint(run_dir / "checkpoints" / "step_000010" / "model.pt")
+    assert meta10["step"] == 10
+
+
+def test_load_checkpoint_gpt2_spec(tmp_path, monkeypatch):
+    monkeypatch.setenv("VNC_TOKENIZER_DIR", str(need_shared("tokenizers", "gpt2")))
+    save_model(spread_model(0, vocab_size=50257, depth=1), tmp_path / "a", dict(tokenizer="gpt2"))
+    _, enc, _ = G.load_checkpoint(tmp_path / "a")
+    assert enc.n_vocab == 50257
+    save_model(spread_model(0, vocab_size=300, depth=1), tmp_path / "b", dict(tokenizer="gpt2"))
+    with pytest.raises(SystemExit, match="50257 tokens but the model"):
+        G.load_checkpoint(tmp_path / "b")
+
+
+def widget(run_dir, **kw):
+    model, enc, _ = G.load_checkpoint(run_dir)
+    return G.GenerationWidget(model, enc, **kw), model, enc
+
+
+def test_widget_click_produces_the_generated_text(run_dir):
+    w, model, enc = widget(run_dir, prompt="Return a list", max_tokens=30, temperature=0.9, top_k=40, seed=3)
+    w.generate_button.click()
+    assert w.wait(60) and w.stopped_by in ("length", "end of text"), w.status.value
+    expected = G.generate(model, enc, "Return a list", 30, 0.9, 40, None, 3)[0]
+    assert w.completion == expected and w.n_generated >= 1
+    assert f'<span class="vnc-completion">{html.escape(expected)}</span>' in w.output.value
+    assert w.chart.value.count("<tr>") == 10 and "tokens" in w.status.value
+    assert not w.generate_button.disabled and w.stop_button.disabled
+
+
+def test_widget_stop_halts_generation(run_dir):
+    w, _, _ = widget(run_dir, prompt="x", stop_tokens=[])
+    w.max_tokens.value = w.max_tokens.max                           # 576 tokens: far more than we let it write
+    w.generate_button.click()
+    assert w.generate_button.disabled and not w.stop_button.disabled
+    t0 = time.time()
+    while w.n_generated < 3 and time.time() - t0 < 30: time.sleep(0.001)
+    w.stop_button.click()
+    assert w.wait(30) and w.stopped_by == "stop", w.status.value
+    n, text = w.n_generated, w.output.value
+    assert 3 <= n < w.max_tokens.value
+    time.sleep(0.2)
+    assert (w.n_generated, w.output.value) == (n, text)              # nothing more arrives after Stop
+    w.generate_button.click()                                        # and it can run again
+    assert w.wait(60) and w.stopped_by == "length" and w.n_generated == w.max_tokens.value
+
+
+def run_cli(*args, stdin=None, module=True):
+    cmd = [sys.executable, "-m", "vibenanochat.generate"] if module else [sys.executable, str(REPO / "vibenanochat" / "generate.py")]
+    return subprocess.run(cmd + [str(a) for a in args], input=stdin, capture_output=True, text=True, timeout=120)
+
+
+def test_cli_prompt_streams_the_same_text(run_dir):
+    r = run_cli("--checkpoint", run_dir, "--prompt", "The capital of France is", "--temperature", 0.8, "--top_k", 50,
+                "--max_length", 25, "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    model, enc, _ = G.load_checkpoint(run_dir)
+    assert r.stdout == "The capital of France is" + G.generate(model, enc, "The capital of France is", 25, 0.8, 50)[0] + "\n"
+    assert "step 20" in r.stderr
+    r2 = run_cli("--checkpoint", run_dir / "checkpoints" / "step_000010", "--prompt", "a", "--num_samples", 3,
+                 "--top_p", 0.9, "--seed", 5, "--max_length", 10, module=False)       # the path form works too
+    assert r2.returncode == 0 and r2.stdout.count("--- sample") == 3, r2.stderr
+
+
+def test_cli_interactive_loop_and_errors(run_dir):
+    r = run_cli("--checkpoint", run_dir, "--temperature", 0, "--max_length", 8, stdin="hello\n\nworld\n/quit\nnever\n")
+    assert r.returncode == 0, r.stderr
+    model, enc, _ = G.load_checkpoint(run_dir)
+    for p in ("hello", "world"):
+        assert p + G.generate(model, enc, p, 8, temperature=0.0)[0] + "\n" in r.stdout
+    assert "never" not in r.stdout and r.stdout.count("prompt> ") == 4
+    bad = run_cli("--checkpoint", run_dir / "nope", "--prompt", "x")
+    assert bad.returncode != 0 and "does not exist" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+    bad = run_cli("--checkpoint", run_dir, "--prompt", "x", "--top_p", 0)
+    assert bad.returncode != 0 and "--top_p must be in (0, 1]" in bad.stderr
