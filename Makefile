@@ -9,8 +9,8 @@ NGPUS ?= 8
 TARGET_FLOPS ?=
 DEMO_DATA ?= data/demo
 DEMO_TOKENS ?= 3000000
-DEMO_TRAIN ?= --depth 4 --seq-len 256 --device-batch-size 16 --total-batch-size 8192 --num-iterations 600 \
-  --eval-every 200 --eval-tokens 65536 --sample-every 300 --save-every 200 --log-every 10
+DEMO_TRAIN ?= --depth 4 --seq-len 256 --device-batch-size 8 --total-batch-size 4096 --target-flops 1.2e13 \
+  --eval-every 25 --eval-tokens 32768 --sample-every 1000 --save-every 25 --log-every 5
 
 .PHONY: help install demo data train ddp-train eval gpu-status kill-gpu test export check-export lab clean-nbs
 
@@ -26,7 +26,8 @@ $(STAMP): settings.ini setup.py
 install: $(STAMP) ## create .venv and install the package with its dev extras
 
 demo: $(STAMP) ## the main job on its embedded default: data, a small model trained for a few minutes, samples
-	$(PY) -m vibenanochat.data $(or $(DATA),auto) --out $(DEMO_DATA) --tokenizer auto --max-tokens $(DEMO_TOKENS) --quiet
+	$(PY) -m vibenanochat.data $(or $(DATA),auto) --out $(DEMO_DATA) --tokenizer auto --max-tokens $(DEMO_TOKENS)
+	rm -rf logs/demo  # each demo is a fresh run
 	$(PY) -m vibenanochat.train --data-dir $(DEMO_DATA) --run-name demo --log-dir logs $(DEMO_TRAIN)
 	$(PY) -m vibenanochat.generate --checkpoint logs/demo --prompt "The meaning of" --max_length 40 --temperature 0.8 --top_k 50 --num_samples 3
 
