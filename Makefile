@@ -12,7 +12,7 @@ DEMO_TOKENS ?= 3000000
 DEMO_TRAIN ?= --depth 4 --seq-len 256 --device-batch-size 8 --total-batch-size 4096 --target-flops 1.2e13 \
   --eval-every 25 --eval-tokens 32768 --sample-every 1000 --save-every 25 --log-every 5
 
-.PHONY: help install demo data train ddp-train eval gpu-status kill-gpu test export check-export lab clean-nbs
+.PHONY: help install chromium demo data train ddp-train eval gpu-status kill-gpu test export check-export lab clean-nbs
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-14s %s\n", $$1, $$2}'
@@ -65,7 +65,15 @@ check-export: $(STAMP) ## fail if vibenanochat/ differs from what nbs/ export
 	  echo "vibenanochat/ was out of sync with nbs/: nbdev_export changed it (review, then commit both)"; rm -rf $$snap; exit 1; fi; \
 	rm -rf $$snap; echo "library in sync with notebooks"
 
-test: $(STAMP) check-export ## set-up plus the whole test suite (notebooks included)
+chromium: ## Debian's chromium for the widget's browser test (installed with apt-get when missing and root)
+	@if [ ! -x /usr/bin/chromium ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing Debian's chromium for the browser test"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1 \
+	      || echo "could not install chromium with apt-get: the browser test will skip"; \
+	  else echo "chromium is missing and this is not root: the browser test will skip (apt-get install chromium)"; fi; fi
+
+test: $(STAMP) chromium check-export ## set-up plus the whole test suite (notebooks included)
 	$(PY) -m pytest
 
 lab: $(STAMP) ## JupyterLab on the chapters

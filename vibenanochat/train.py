@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['T', 'normalize_flag', 'main']
 
-# %% ../nbs/10_train.ipynb #aa98ef17
+# %% ../nbs/10_train.ipynb #7529589b
 import sys
 
 from fastcore.script import call_parse
@@ -14,7 +14,7 @@ import vibenanochat.trainer as trainer
 
 T = trainer.TrainConfig   # the defaults live in one place
 
-# %% ../nbs/10_train.ipynb #c94ce6d8
+# %% ../nbs/10_train.ipynb #e2f5dc16
 def normalize_flag(arg: str) -> str:
     "`--seq-len=5` → `--seq_len=5`: accept dashed flags, since options are named after Python parameters."
     if not arg.startswith("--"): return arg
@@ -24,7 +24,7 @@ def normalize_flag(arg: str) -> str:
 if __name__ == "__main__" and "__file__" in globals():
     sys.argv[1:] = [normalize_flag(a) for a in sys.argv[1:]]
 
-# %% ../nbs/10_train.ipynb #2f2c41a9
+# %% ../nbs/10_train.ipynb #c6e95633
 @call_parse
 def main(depth: int = T.depth,                        # model depth: layers = depth, width = 64·depth
          seq_len: int = T.seq_len,                    # training sequence length
