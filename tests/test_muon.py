@@ -7,7 +7,7 @@ import torch
 from vibenanochat.config import GPTConfig
 from vibenanochat.distmuon import DistMuonAdamW, make_optimizer
 from vibenanochat.model import GPT
-from vibenanochat.muon import MuonAdamW, apply_schedules, muon_adamw_groups, muon_update, orthogonalize
+from vibenanochat.muon import MuonAdamW, adamw_update, apply_schedules, muon_adamw_groups, muon_update, orthogonalize
 
 torch.set_num_threads(1)
 CFG = dict(vocab_size=200, seq_len=32, value_embeds=True, layer_scalars=True)
@@ -107,3 +107,9 @@ def test_changing_hyperparameters_does_not_recompile():
     for lr, mu, wd in ((0.02, 0.85, 0.1), (0.01, 0.9, 0.05), (0.001, 0.95, 0.0)):
         step(p, torch.randn(2, 16, 8), buf, second, torch.tensor(mu), torch.tensor(lr), torch.tensor(wd), torch.tensor(0.95))
     assert len(graphs) == 1, f"{len(graphs)} graphs: a hyper-parameter change recompiled the step"
+    graphs.clear()
+    astep = torch.compile(adamw_update, backend=counting_backend, fullgraph=True, dynamic=False)
+    w, m, v = torch.randn(8, 4), torch.zeros(8, 4), torch.zeros(8, 4)
+    for t, lr in ((1, 0.3), (2, 0.2), (3, 0.0)):
+        astep(w, torch.randn(8, 4), m, v, *(torch.tensor(float(x)) for x in (t, lr, 0.8, 0.95, 1e-10, 0.0)))
+    assert len(graphs) == 1, f"{len(graphs)} graphs: an AdamW hyper-parameter change recompiled the step"
