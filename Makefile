@@ -9,8 +9,8 @@ NGPUS ?= 8
 TARGET_FLOPS ?=
 DEMO_DATA ?= data/demo
 DEMO_TOKENS ?= 3000000
-DEMO_TRAIN ?= --depth 4 --seq-len 256 --device-batch-size 8 --total-batch-size 4096 --target-flops 1.2e13 \
-  --eval-every 25 --eval-tokens 32768 --sample-every 1000 --save-every 25 --log-every 5
+DEMO_TRAIN ?= --depth 4 --seq-len 256 --device-batch-size 8 --total-batch-size 4096 --target-flops 6e12 \
+  --eval-every 20 --eval-tokens 32768 --sample-every 1000 --save-every 20 --log-every 5
 
 .PHONY: help install chromium demo data train ddp-train eval gpu-status kill-gpu test export check-export lab clean-nbs
 
