@@ -35,7 +35,7 @@ __all__ = ['DATA_ENV', 'TEXT_SUFFIXES', 'FINEWEB_REPO', 'OFFLINE_HINT', 'WINDOW_
            'read_jsonl', 'read_parquet', 'read_local', 'docstring_doc', 'read_pydocs', 'hub_endpoint', 'fineweb_folder',
            'hub_files', 'download', 'HTTPRangeFile', 'read_fineweb', 'token_dtype', 'write_shard', 'read_shard',
            'write_shards', 'source_texts', 'resolve_tokenizer', 'auto_source', 'prepare', 'prepare_default',
-           'load_manifest', 'data_tokenizer', 'dashed_options', 'main']
+           'load_manifest', 'data_tokenizer', 'main']
 
 # %% ../nbs/07_data.ipynb #a6013ab1
 DATA_ENV = "VNC_DATA_DIR"
@@ -597,20 +597,11 @@ def data_tokenizer(data_dir: str | Path) -> tiktoken.Encoding:
     "The tokenizer that made a prepared folder (from its tokenizer.json)."
     return tok.get_tokenizer(Path(data_dir) / "tokenizer.json")
 
-# %% ../nbs/07_data.ipynb #fffb3edf
-def dashed_options(argv: list[str]) -> list[str]:
-    "Spell `--max-docs` as fastcore's `--max_docs`, so both spellings work; values are left alone."
-    out = []
-    for a in argv:
-        if a.startswith("--"):
-            name, eq, val = a[2:].partition("=")
-            a = "--" + name.replace("-", "_") + eq + val
-        out.append(a)
-    return out
-
 # %% ../nbs/07_data.ipynb #465d17a1
+import vibenanochat.config as vnc_config  # absolute import: keeps `python vibenanochat/data.py` working
+
 if __name__ == "__main__" and globals().get("__file__"):  # run as a script, not in a notebook
-    sys.argv[1:] = dashed_options(sys.argv[1:])
+    sys.argv[1:] = vnc_config.underscore_flags(sys.argv[1:])  # --max-docs and --max_docs alike
 
 @call_parse
 def main(source: Param("fineweb-edu, pydocs (offline: docstrings of installed packages), auto (the first that works), or a path to "

@@ -36,7 +36,7 @@ __all__ = ['BUNDLE_URL', 'BUNDLE_ENV', 'BUNDLE_URL_ENV', 'DEFAULT_BUNDLE', 'TASK
            'TaskSpec', 'read_suite', 'check_record', 'load_jsonl', 'render_mc', 'render_schema', 'render_lm',
            'fewshot_indices', 'common_prefix', 'common_suffix', 'continuation_spans', 'crop_left', 'context_length',
            'score_batch', 'model_device', 'prepare_example', 'pack', 'evaluate_task', 'centered_accuracy',
-           'suite_label', 'task_data', 'evaluate_core', 'format_table', 'write_report', 'underscored_options', 'main']
+           'suite_label', 'task_data', 'evaluate_core', 'format_table', 'write_report', 'main']
 
 # %% ../nbs/11_evals.ipynb #06cc9bb3
 def _dist_info() -> tuple[int, int]:
@@ -424,18 +424,10 @@ def _load_checkpoint(path: Path, device: torch.device):
     enc = tokenizer_lib.get_tokenizer(tok if tok.exists() else meta.get("tokenizer", "gpt2"))
     return model, enc, meta, ckpt_dir
 
-def underscored_options(argv: list[str]) -> list[str]:
-    "Accept `--max-per-task` as well as fastcore's `--max_per_task` (values are left alone)."
-    out = []
-    for a in argv:
-        if a.startswith("--"):
-            name, eq, val = a[2:].partition("=")
-            a = "--" + name.replace("-", "_") + eq + val
-        out.append(a)
-    return out
+import vibenanochat.config as vnc_config  # absolute import: keeps the path form working
 
 if __name__ == "__main__" and globals().get("__file__"):   # run as a script, not inside a notebook
-    sys.argv[1:] = underscored_options(sys.argv[1:])
+    sys.argv[1:] = vnc_config.underscore_flags(sys.argv[1:])  # --max-per-task and --max_per_task alike
 
 @call_parse
 def main(checkpoint: Param("checkpoint folder written by save_model (or its model.pt)", str, required=True) = None,
