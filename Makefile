@@ -6,13 +6,14 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEPTH ?= 12
 NGPUS ?= 8
+SCALE ?= gpu
 TARGET_FLOPS ?=
 DEMO_DATA ?= data/demo
 DEMO_TOKENS ?= 3000000
 DEMO_TRAIN ?= --depth 4 --seq-len 256 --device-batch-size 8 --total-batch-size 4096 --target-flops 6e12 \
   --eval-every 20 --eval-tokens 32768 --sample-every 1000 --save-every 20 --log-every 5
 
-.PHONY: help install chromium demo data train ddp-train eval gpu-status kill-gpu test export check-export lab clean-nbs
+.PHONY: help install chromium demo data train ddp-train eval run-scaling-law gpu-status kill-gpu test export check-export lab clean-nbs
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-14s %s\n", $$1, $$2}'
@@ -43,6 +44,9 @@ ddp-train: $(STAMP) ## torchrun on NGPUS GPUs: make ddp-train NGPUS=8 DEPTH=12 T
 
 eval: $(STAMP) ## CORE on a checkpoint: make eval CKPT=logs/demo ARGS="--max-per-task 100"
 	$(PY) -m vibenanochat.evals --checkpoint $(or $(CKPT),$$(ls -d logs/demo/checkpoints/step_* | tail -1)) $(ARGS)
+
+run-scaling-law: $(STAMP) ## depth x FLOP-budget sweep, then its fits and plots (SCALE=cpu: a tiny sweep on 2 CPU cores)
+	$(PY) -m vibenanochat.scaling sweep --scale $(SCALE) --ngpus $(if $(filter cpu,$(SCALE)),1,$(NGPUS)) $(ARGS)
 
 gpu-status: ## GPUs, their memory, and this project's training processes on them
 	@command -v nvidia-smi >/dev/null || { echo "no NVIDIA GPU here (nvidia-smi not found)"; exit 0; }; \
