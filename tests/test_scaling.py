@@ -287,3 +287,27 @@ def test_cli_sweep_plan_prints_every_command(tmp_path):
     assert len(cmds) == 24 and all("--nproc_per_node=8 -m vibenanochat.train --depth" in l for l in cmds)
     assert {l.split("--target-flops ")[1].split()[0] for l in cmds} == {"1e18", "2e18", "3e18", "6e18"}
     assert not (tmp_path / "s").exists()                 # a plan trains and writes nothing
+
+
+def test_cli_sweep_with_the_real_trainer(tmp_path):
+    "prepare_sweep_data + `sweep` through vibenanochat.train on a tiny corpus: real end lines, then skips on a rerun."
+    from conftest import need_shared
+    from vibenanochat.config import GPTConfig, count_params
+    text = need_shared("text", "tiny_shakespeare_input.txt")
+    data_dir = sc.prepare_sweep_data(tmp_path / "data", source=str(text), vocab=320, max_tokens=60_000, bpe_chars=300_000)
+    vocab = json.loads((data_dir / "manifest.json").read_text())["vocab_size"]
+    out = tmp_path / "sweep"
+    extra = f"--data-dir {data_dir} --seq-len 64 --device-batch-size 4 --total-batch-size 256 --eval-every -1 --eval-tokens 2048"
+    cmd = [sys.executable, "-m", "vibenanochat.scaling", "sweep", "--scale", "cpu", "--depths", "1,2,3", "--budgets", "5e10",
+           "--out", str(out), "--extra", extra]
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    rows = sc.read_results(out / "results.csv")
+    assert [(x["run"], x["status"]) for x in rows] == [("d1_C5e10", "ok"), ("d2_C5e10", "ok"), ("d3_C5e10", "ok")]
+    for x in rows:
+        cfg = GPTConfig.from_depth(int(x["depth"]), vocab_size=vocab, seq_len=64)
+        assert x["N"] == count_params(cfg)["N"] and x["tokens"] == 256 * x["steps"]
+        assert abs(x["flops"] / 5e10 - 1) < 0.05 and 0 < x["val_bpb"] < 10 and math.isnan(x["core"])
+    assert (out / "bpb_vs_params.png").is_file() and "isoflop optima" in (out / "summary.txt").read_text()
+    again = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
+    assert again.returncode == 0 and again.stdout.count("finished earlier, skipped") == 3
