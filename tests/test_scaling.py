@@ -180,10 +180,13 @@ def test_cli_fit_writes_every_plot(tmp_path, form):
     assert "N_opt = " in r.stdout and (out / "summary.txt").read_text().strip() in r.stdout
 
 
-def test_cli_missing_csv_is_a_one_line_error(tmp_path):
+def test_cli_errors_are_one_line(tmp_path):
     r = subprocess.run([sys.executable, "-m", "vibenanochat.scaling", "fit", str(tmp_path / "nope.csv")],
                        capture_output=True, text=True)
     assert r.returncode != 0 and "not found" in r.stderr and "Traceback" not in r.stderr
+    r = subprocess.run([sys.executable, "-m", "vibenanochat.scaling", "sweep", "--ngpus", "2", "--depths", "10",
+                        "--budgets", "1e18", "--extra", "--run x", "--plan"], capture_output=True, text=True)
+    assert r.returncode != 0 and "torchrun would refuse the trainer flag(s) --run" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_final_metrics_takes_the_last_end_line_and_ignores_torn_lines(tmp_path):
