@@ -3,7 +3,8 @@
 Each rank trains a small GPT on its own micro-batches and writes what it saw to OUT/rank{r}_{phase}.json:
 - "exact": gradients rounded to a grid on which fp32 sums are exact (any summation order gives the same bits), all
   optimizer defaults; after every step the parameters must equal, bit for bit, MuonAdamW stepping on the mean gradient.
-  The run saves a checkpoint (model + one optimizer shard per rank) after SAVE_AT steps and its final parameters.
+  The run saves a checkpoint after SAVE_AT steps through `checkpoint.save_checkpoint` (all ranks: the model and one
+  optimizer shard per rank, in OUT/checkpoints/step_000002/) and its final parameters.
 - "concat": real gradients, a reference that steps on the concatenated batch (cautious decay off, AdamW eps 1e-4:
   see the distmuon chapter for why); relative differences of the mean gradient and of the parameters per step.
 - "--resume": fresh processes load the checkpoint, continue to STEPS and compare with the uninterrupted run; they
@@ -18,8 +19,9 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+import vibenanochat.checkpoint as checkpoint
 from vibenanochat.config import GPTConfig
-from vibenanochat.distmuon import DistMuonAdamW, make_optimizer
+from vibenanochat.distmuon import REPLICATE_BELOW, DistMuonAdamW, make_optimizer
 from vibenanochat.model import GPT
 from vibenanochat.muon import MuonAdamW, apply_schedules, muon_adamw_groups, state_numel
 
@@ -84,16 +86,13 @@ def run_exact(out: Path, world: int, rank: int) -> dict:
     opt = make_optimizer(model, **KW)
     ropt = MuonAdamW(muon_adamw_groups(ref, **KW))
     res = dict(type=type(opt).__name__, state_numel=state_numel(opt), single_numel=state_numel(ropt),
-               tiny_numel=sum(p.numel() for g in opt.param_groups if g["kind"] == "adamw" for p in g["params"] if p.numel() < 1024),
+               tiny_numel=sum(p.numel() for g in opt.param_groups if g["kind"] == "adamw" for p in g["params"] if p.numel() < REPLICATE_BELOW),
                max_matrix=max(p.numel() for p in model.param_groups()["matrix"]), bitwise=[], same=[])
     for step in range(STEPS):
         exact_step(model, opt, step, world, rank, ref, ropt)
         res["bitwise"].append(all(torch.equal(p, q) for p, q in zip(model.parameters(), ref.parameters())))
         res["same"].append(same_on_all_ranks(model))
-        if step + 1 == SAVE_AT:
-            ck = out / "ckpt"; ck.mkdir(exist_ok=True)
-            if rank == 0: torch.save(model.state_dict(), ck / "model.pt")
-            torch.save(opt.state_dict(), ck / f"optim_rank{rank}.pt")
+        if step + 1 == SAVE_AT: checkpoint.save_checkpoint(out, SAVE_AT, model, opt, loaders=[], meta={})
     if rank == 0: torch.save(model.state_dict(), out / "final.pt")
     return res
 
@@ -122,7 +121,9 @@ def run_concat(world: int, rank: int) -> dict:
 
 def run_resume(out: Path, world: int, rank: int, foreign: Path | None) -> dict:
     model = build()
-    model.load_state_dict(torch.load(out / "ckpt" / "model.pt", weights_only=True))
+    ck = checkpoint.latest_checkpoint(out)
+    assert ck == checkpoint.step_dir(out, SAVE_AT) and checkpoint.load_meta(ck)["world_size"] == world
+    model.load_state_dict(checkpoint.load_state(ck / checkpoint.MODEL))
     opt = make_optimizer(model, **KW)
     res = {}
     if foreign is not None:
@@ -130,7 +131,7 @@ def run_resume(out: Path, world: int, rank: int, foreign: Path | None) -> dict:
             opt.load_state_dict(torch.load(foreign, weights_only=True)); res["foreign_error"] = None
         except ValueError as e:
             res["foreign_error"] = str(e)
-    opt.load_state_dict(torch.load(out / "ckpt" / f"optim_rank{rank}.pt", weights_only=True))
+    opt.load_state_dict(checkpoint.load_state(ck / checkpoint.optim_file(rank)))
     for step in range(SAVE_AT, STEPS):
         exact_step(model, opt, step, world, rank)
     final = torch.load(out / "final.pt", weights_only=True)

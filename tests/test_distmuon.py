@@ -4,22 +4,20 @@ Three launches in all (each costs a few seconds of imports): K = 2 and K = 3 (eq
 then fresh K = 3 processes that resume from the K = 3 checkpoint. The worker is tests/_dist_optim_worker.py.
 """
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+
+from conftest import torchrun as launch
+from vibenanochat.checkpoint import step_dir
 
 WORKER = Path(__file__).with_name("_dist_optim_worker.py")
 STEPS = 4
 
 
 def torchrun(k: int, out: Path, *extra: str) -> None:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={k}", str(WORKER), "--out", str(out), *extra]
-    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    r = launch(k, WORKER, "--out", out, *extra, env=dict(PYTHONWARNINGS="ignore"))
     (out / f"torchrun{'_resume' if extra else ''}.log").write_text(r.stdout + r.stderr)
     assert r.returncode == 0, f"torchrun with {k} processes failed (log: {out}):\n{r.stdout[-3000:]}\n{r.stderr[-6000:]}"
 
@@ -37,7 +35,7 @@ def runs(tmp_path_factory) -> dict:
         torchrun(k, d)
         out[k] = (d, results(d, k))
     d3 = out[3][0]
-    torchrun(3, d3, "--resume", "--foreign", str(out[2][0] / "ckpt" / "optim_rank0.pt"))
+    torchrun(3, d3, "--resume", "--foreign", str(step_dir(out[2][0], 2) / "optim_rank0.pt"))
     out["resume"] = results(d3, 3, "_resume")
     return out
 
@@ -94,6 +92,6 @@ def test_shard_in_single_process_is_refused(runs):
     from vibenanochat.model import GPT
     model = GPT(GPTConfig.from_depth(2, vocab_size=200, seq_len=32, value_embeds=True, layer_scalars=True))
     opt = make_optimizer(model, depth=2, total_batch_size=2**19)
-    sd = torch.load(runs[2][0] / "ckpt" / "optim_rank1.pt", weights_only=True)
+    sd = torch.load(step_dir(runs[2][0], 2) / "optim_rank1.pt", weights_only=True)
     with pytest.raises(ValueError, match="world size 2 but this run has 1"):
         opt.load_state_dict(sd)

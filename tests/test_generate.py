@@ -1,7 +1,6 @@
 """Generation outside its chapter: the KV-cache decoder against naive recomputation, sampling rules and seeds,
 stop tokens, checkpoint loading, the widget without a browser (click, Stop), and the CLI."""
 import html
-import inspect
 import subprocess
 import sys
 import time
@@ -10,29 +9,20 @@ from pathlib import Path
 import pytest
 import torch
 
+import vibenanochat.checkpoint as checkpoint
+import vibenanochat.evals as evals
 import vibenanochat.generate as G
-from conftest import REPO, need_shared
+from conftest import REPO, need_asset, small_bpe, tiny_checkpoint, tiny_gpt
 from vibenanochat.config import GPTConfig
-from vibenanochat.model import GPT, save_model
-from vibenanochat.tokenizer import bos_id, save_tokenizer, train_tokenizer
+from vibenanochat.model import GPT
+from vibenanochat.tokenizer import bos_id, save_tokenizer
 
-
-def spread_model(seed=0, vocab_size=300, depth=2, seq_len=16, **kw) -> GPT:
-    "A random GPT whose logits are well spread (at init they are nearly uniform, and greedy ties would be noise)."
-    torch.manual_seed(seed)
-    m = GPT(GPTConfig.from_depth(depth, vocab_size=vocab_size, seq_len=seq_len, **kw))
-    with torch.no_grad():
-        for b in m.blocks:
-            b.attn.c_proj.weight.normal_(std=0.1); b.mlp.c_proj.weight.normal_(std=0.1)
-        m.lm_head.weight.normal_(std=0.5)
-    return m.eval()
+load = checkpoint.load_model_and_tokenizer       # what generation, evaluation and the widget load with
 
 
 @pytest.fixture(scope="module")
 def enc():
-    "A small BPE trained on the docstrings of Python's builtins: needs no shared data, trains in well under a second."
-    text = "\n\n".join(inspect.getdoc(o) or "" for o in (str, list, dict, set, int, float, bytes, open, print, sorted, zip, map))
-    return train_tokenizer([text] * 3, vocab_size=320, name="testbpe")
+    return small_bpe(320)
 
 
 @pytest.fixture(scope="module")
@@ -40,9 +30,7 @@ def run_dir(tmp_path_factory, enc):
     "A run folder with two checkpoints (the latest is step 20) and the tokenizer beside the weights."
     run = tmp_path_factory.mktemp("logs") / "demo"
     for step, seed in [(10, 1), (20, 2)]:
-        ckpt = save_model(spread_model(seed, vocab_size=enc.n_vocab, seq_len=64), run / "checkpoints" / f"step_{step:06d}",
-                          dict(step=step, tokenizer="tokenizer.json"))
-        save_tokenizer(enc, ckpt / "tokenizer.json")
+        tiny_checkpoint(checkpoint.step_dir(run, step), enc, step=step, seed=seed, depth=2, seq_len=64)
     return run
 
 
@@ -53,7 +41,7 @@ CONFIGS = [dict(), dict(n_kv_head=1), dict(window_pattern="SL", short_window=5),
 
 @pytest.mark.parametrize("kw", CONFIGS, ids=["plain", "gqa", "window", "d4-gqa-sssl", "everything"])
 def test_kv_cache_greedy_equals_naive(kw):
-    m = spread_model(3, **dict(kw))
+    m = tiny_gpt(seed=3, **dict(kw))
     prompt, n = [1, 2, 3, 50, 7, 9], 50                           # 56 positions: far past seq_len 16, windows truncate
     naive = list(m.generate(prompt, n, temperature=0.0))
     steps = list(G.stream(m, prompt, n, temperature=0.0, num_samples=2))
@@ -64,7 +52,7 @@ def test_kv_cache_greedy_equals_naive(kw):
 
 
 def test_sampling_stays_in_top_k_and_nucleus():
-    m = spread_model(4, vocab_size=200)
+    m = tiny_gpt(seed=4, vocab_size=200)
     for seed in range(10):
         for s in G.stream(m, [5, 6], 15, temperature=3.0, top_k=3, seed=seed, num_samples=3):
             top = s.logits.topk(3, dim=-1).indices
@@ -77,7 +65,7 @@ def test_sampling_stays_in_top_k_and_nucleus():
 
 
 def test_same_seed_same_text(enc):
-    m = spread_model(5, vocab_size=enc.n_vocab, seq_len=64)
+    m = tiny_gpt(seed=5, vocab_size=enc.n_vocab, seq_len=64)
     kw = dict(max_new_tokens=40, temperature=1.0, top_k=50, stop_tokens=[])
     a = G.generate(m, enc, "The list", seed=7, num_samples=3, **kw)
     assert a == G.generate(m, enc, "The list", seed=7, num_samples=3, **kw)
@@ -98,7 +86,7 @@ def test_stops_at_bos_by_default(enc):
 
 
 def test_rows_stop_independently():
-    m = spread_model(6, vocab_size=60)
+    m = tiny_gpt(seed=6, vocab_size=60)
     free = G.generate_tokens(m, [1, 2], 40, temperature=1.0, seed=11, num_samples=5)
     stop = free[2][5]
     cut = G.generate_tokens(m, [1, 2], 40, temperature=1.0, seed=11, num_samples=5, stop_tokens=[stop])
@@ -107,36 +95,54 @@ def test_rows_stop_independently():
 
 
 def test_errors_name_the_problem(tmp_path):
-    m = spread_model(0, seq_len=8)                                   # RoPE table: 80 positions
+    m = tiny_gpt(seed=0, seq_len=8)                                   # RoPE table: 80 positions
     with pytest.raises(ValueError, match="exceed the model's RoPE table"):
         list(G.stream(m, [1] * 10, 100))
-    with pytest.raises(SystemExit, match="no checkpoint in"):
-        G.find_checkpoint(tmp_path)
-    with pytest.raises(SystemExit, match="does not exist"):
-        G.find_checkpoint(tmp_path / "missing")
+    with pytest.raises(FileNotFoundError, match="no checkpoint in"):
+        checkpoint.find_checkpoint(tmp_path)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        checkpoint.find_checkpoint(tmp_path / "missing")
 
 
 def test_load_checkpoint_picks_latest_step_and_its_tokenizer(run_dir, enc):
-    model, enc2, meta = G.load_checkpoint(run_dir)
-    assert meta["step"] == 20 and G.find_checkpoint(run_dir / "checkpoints") == run_dir / "checkpoints" / "step_000020"
+    model, enc2, meta = load(run_dir)
+    assert meta["step"] == 20 and checkpoint.find_checkpoint(run_dir / "checkpoints") == run_dir / "checkpoints" / "step_000020"
     assert enc2.encode_ordinary("sorted(iterable)") == enc.encode_ordinary("sorted(iterable)")
-    assert torch.equal(model.lm_head.weight, spread_model(2, vocab_size=enc.n_vocab, seq_len=64).lm_head.weight)
-    _, _, meta10 = G.load_checkpoint(run_dir / "checkpoints" / "step_000010" / "model.pt")
+    assert torch.equal(model.lm_head.weight, tiny_gpt(seed=2, vocab_size=enc.n_vocab, seq_len=64).lm_head.weight)
+    _, _, meta10 = load(run_dir / "checkpoints" / "step_000010" / "model.pt")
     assert meta10["step"] == 10
 
 
 def test_load_checkpoint_gpt2_spec(tmp_path, monkeypatch):
-    monkeypatch.setenv("VNC_TOKENIZER_DIR", str(need_shared("tokenizers", "gpt2")))
-    save_model(spread_model(0, vocab_size=50257, depth=1), tmp_path / "a", dict(tokenizer="gpt2"))
-    _, enc, _ = G.load_checkpoint(tmp_path / "a")
+    monkeypatch.setenv("VNC_TOKENIZER_DIR", str(need_asset("tokenizers/gpt2")))
+    checkpoint.save_model(tiny_gpt(seed=0, vocab_size=50257, depth=1), tmp_path / "a", dict(tokenizer="gpt2"))
+    _, enc, _ = load(tmp_path / "a")
     assert enc.n_vocab == 50257
-    save_model(spread_model(0, vocab_size=300, depth=1), tmp_path / "b", dict(tokenizer="gpt2"))
-    with pytest.raises(SystemExit, match="50257 tokens but the model"):
-        G.load_checkpoint(tmp_path / "b")
+    checkpoint.save_model(tiny_gpt(seed=0, vocab_size=300, depth=1), tmp_path / "b", dict(tokenizer="gpt2"))
+    with pytest.raises(ValueError, match="50257 tokens but the model"):
+        load(tmp_path / "b")
+
+
+def test_evals_and_generate_load_the_same_model_and_tokenizer(tmp_path, enc):
+    "One loader: the evaluator's and the generation widget's see the same weights and tokenizer, wherever the tokenizer lives."
+    run = tmp_path / "run"
+    tiny_checkpoint(checkpoint.step_dir(run, 3), enc, step=3, seed=4, meta_tokenizer="gpt2", tokenizer_json=False)
+    tiny_checkpoint(checkpoint.step_dir(run, 5), enc, step=5, seed=5, meta_tokenizer="gpt2", tokenizer_json=False)
+    save_tokenizer(enc, run / "tokenizer.json")          # beside the run, not the weights; meta names gpt2 (50257 tokens)
+    for path in (run, checkpoint.step_dir(run, 5), checkpoint.step_dir(run, 5) / "model.pt"):
+        m_eval, enc_eval, meta, folder = evals._load_checkpoint(path, torch.device("cpu"))
+        w = G.GenerationWidget.from_checkpoint(path, device="cpu")
+        assert folder == checkpoint.step_dir(run, 5) and meta["step"] == 5
+        a, b = m_eval.state_dict(), w.model.state_dict()
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+        assert torch.equal(a["lm_head.weight"], tiny_gpt(enc.n_vocab, seed=5, depth=1, seq_len=64).lm_head.weight)
+        assert enc_eval.n_vocab == w.enc.n_vocab == enc.n_vocab == 320
+        text = "sorted(iterable, /, *, key=None)"
+        assert enc_eval.encode_ordinary(text) == w.enc.encode_ordinary(text) == enc.encode_ordinary(text)
 
 
 def widget(run_dir, **kw):
-    model, enc, _ = G.load_checkpoint(run_dir)
+    model, enc, _ = load(run_dir)
     return G.GenerationWidget(model, enc, **kw), model, enc
 
 
@@ -178,22 +184,25 @@ def test_cli_prompt_streams_the_same_text(run_dir):
     r = run_cli("--checkpoint", run_dir, "--prompt", "The capital of France is", "--temperature", 0.8, "--top_k", 50,
                 "--max_length", 25, "--device", "cpu")
     assert r.returncode == 0, r.stderr
-    model, enc, _ = G.load_checkpoint(run_dir)
+    model, enc, _ = load(run_dir)
     assert r.stdout == "The capital of France is" + G.generate(model, enc, "The capital of France is", 25, 0.8, 50)[0] + "\n"
     assert "step 20" in r.stderr
-    r2 = run_cli("--checkpoint", run_dir / "checkpoints" / "step_000010", "--prompt", "a", "--num_samples", 3,
-                 "--top_p", 0.9, "--seed", 5, "--max_length", 10, module=False)       # the path form works too
+    r2 = run_cli("--checkpoint", run_dir / "checkpoints" / "step_000010", "--prompt", "a", "--num-samples", 3,
+                 "--top-p", 0.9, "--seed", 5, "--max-length", 10, module=False)       # the path form, dashed flags
     assert r2.returncode == 0 and r2.stdout.count("--- sample") == 3, r2.stderr
 
 
 def test_cli_interactive_loop_and_errors(run_dir):
     r = run_cli("--checkpoint", run_dir, "--temperature", 0, "--max_length", 8, stdin="hello\n\nworld\n/quit\nnever\n")
     assert r.returncode == 0, r.stderr
-    model, enc, _ = G.load_checkpoint(run_dir)
+    model, enc, _ = load(run_dir)
     for p in ("hello", "world"):
         assert p + G.generate(model, enc, p, 8, temperature=0.0)[0] + "\n" in r.stdout
     assert "never" not in r.stdout and r.stdout.count("prompt> ") == 4
     bad = run_cli("--checkpoint", run_dir / "nope", "--prompt", "x")
     assert bad.returncode != 0 and "does not exist" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
-    bad = run_cli("--checkpoint", run_dir, "--prompt", "x", "--top_p", 0)
-    assert bad.returncode != 0 and "--top_p must be in (0, 1]" in bad.stderr
+    for flag in ("--top_p", "--top-p"):
+        bad = run_cli("--checkpoint", run_dir, "--prompt", "x", flag, 0)
+        assert bad.returncode == 1 and "--top_p must be in (0, 1]" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+    bad = run_cli("--prompt", "x")
+    assert bad.returncode == 1 and "--checkpoint is required" in bad.stderr

@@ -3,9 +3,10 @@ import math
 
 import torch
 
-from conftest import need_shared
+from conftest import need_asset
+from vibenanochat.checkpoint import load_model, save_model
 from vibenanochat.config import GPTConfig, count_params, depth_table
-from vibenanochat.model import GPT, load_model, save_model
+from vibenanochat.model import GPT
 
 
 def test_depth12_parameter_count_matches_table():
@@ -18,7 +19,7 @@ def test_depth12_parameter_count_matches_table():
 
 
 def test_overfits_a_fixed_batch_of_real_text():
-    text = need_shared("text", "tiny_shakespeare_input.txt").read_bytes()[:20_000]
+    text = need_asset("text/tiny_shakespeare_input.txt").read_bytes()[:20_000]
     data = torch.tensor(list(text), dtype=torch.long)
     B, T = 4, 64
     xb = torch.stack([data[i * 2000:i * 2000 + T + 1] for i in range(B)])

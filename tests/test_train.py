@@ -1,4 +1,6 @@
-"""The train CLI for real: 1 and 2 processes, exact resume after SIGKILL, Ctrl-C, and one-line errors for bad flags."""
+"""The train CLI for real: 1 and 2 processes, exact resume after SIGKILL, Ctrl-C, divergence, one-line errors for bad
+flags, and a --help built from TrainConfig."""
+import dataclasses
 import json
 import os
 import shutil
@@ -10,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, need_shared
+import vibenanochat.checkpoint as checkpoint
+from conftest import REPO, need_asset, torchrun_cmd
+from vibenanochat.trainer import TrainConfig
 
 ARGS = ["--depth", "2", "--seq-len", "64", "--device-batch-size", "4", "--total-batch-size", "512",
         "--num-iterations", "16", "--eval-every", "8", "--eval-tokens", "1024", "--save-every", "4",
@@ -21,8 +25,7 @@ ARGS = ["--depth", "2", "--seq-len", "64", "--device-batch-size", "4", "--total-
 
 def train_cmd(nproc: int = 1, path_form: bool = False) -> list[str]:
     target = [str(REPO / "vibenanochat" / "train.py")] if path_form else ["-m", "vibenanochat.train"]
-    if nproc == 1: return [sys.executable, *target]
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *target]
+    return [sys.executable, *target] if nproc == 1 else torchrun_cmd(nproc, *target)
 
 
 def run(args, nproc=1, path_form=False, check=True, timeout=300):
@@ -42,7 +45,7 @@ def shards(tmp_path_factory):
     "Tiny Shakespeare with a 2,048-token BPE trained on it (a small head keeps CPU steps fast)."
     import vibenanochat.data as data
     import vibenanochat.tokenizer as tok
-    text = need_shared("text", "tiny_shakespeare_input.txt")
+    text = need_asset("text/tiny_shakespeare_input.txt")
     enc = tok.train_tokenizer(data.read_local(text), 2048)
     out = tmp_path_factory.mktemp("data") / "shakespeare"
     data.prepare(str(text), out, tokenizer=enc, progress=False)
@@ -60,20 +63,28 @@ def reference(shards, tmp_path_factory):
 def test_one_process_learns_and_checkpoints(reference):
     ls = losses(reference)
     assert len(ls) == 16 and ls[-1] < ls[0] - 0.5, ls
+    assert [checkpoint.step_of(c) for c in checkpoint.list_checkpoints(reference)] == [4, 8, 12, 16]
+    recs = [json.loads(l) for l in (reference / "metrics.jsonl").read_text().splitlines()]
+    assert [r["lr_multiplier"] for r in recs if "loss" in r and "event" not in r][-1] < 1 and "lrm" not in recs[0]
     final = reference / "checkpoints" / "step_000016"
     assert {"model.pt", "meta.json", "optim_rank0.pt", "loader_rank0.pt", "tokenizer.json"} <= {p.name for p in final.iterdir()}
     end = json.loads((reference / "metrics.jsonl").read_text().splitlines()[-1])
     assert end["event"] == "end" and end["step"] == 16 and end["val_bpb"] > 0
 
 
+def underscored(args: list[str]) -> list[str]:
+    return ["--" + a[2:].replace("-", "_") if a.startswith("--") else a for a in args]
+
+
 def test_two_processes_give_the_same_loss_curve(shards, reference, tmp_path):
-    # 1 process x 2 accumulation steps == 2 processes x 1: the same rows, the same model
-    r = run(ARGS + ["--data-dir", str(shards), "--log-dir", str(tmp_path), "--run-name", "ddp"], nproc=2)
+    # 1 process x 2 accumulation steps == 2 processes x 1: the same rows, the same model (and --seq_len == --seq-len)
+    r = run(underscored(ARGS + ["--data-dir", str(shards), "--log-dir", str(tmp_path), "--run-name", "ddp"]), nproc=2)
     two, one = losses(tmp_path / "ddp"), losses(reference)
     assert len(two) == 16
     assert max(abs(a - b) / abs(b) for a, b in zip(two, one)) < 1e-4, (two, one)
-    ck = tmp_path / "ddp" / "checkpoints" / "step_000016"
-    assert (ck / "optim_rank0.pt").exists() and (ck / "optim_rank1.pt").exists() and (ck / "loader_rank1.pt").exists()
+    ck = checkpoint.latest_checkpoint(tmp_path / "ddp")
+    assert ck == checkpoint.step_dir(tmp_path / "ddp", 16) and checkpoint.load_meta(ck)["world_size"] == 2
+    assert all((ck / f).exists() for f in ("optim_rank0.pt", "optim_rank1.pt", "loader_rank0.pt", "loader_rank1.pt"))
 
 
 def test_sigkill_then_resume_is_exact(shards, reference, tmp_path):
@@ -125,3 +136,23 @@ def test_bad_flags_give_one_line_errors(shards, reference, tmp_path):
     model.write_bytes(model.read_bytes()[:1000])
     assert "corrupt or truncated" in one_line_error(run(ARGS + base + ["--run-name", "ref", "--resume"], check=False))
     assert (tmp_path / "ref" / "metrics.jsonl").read_bytes() == before and model.stat().st_size == 1000   # nothing overwritten
+
+
+def test_divergence_is_one_line_and_saves_nothing(shards, tmp_path):
+    "An infinite learning rate: the weights and the loss turn NaN; the run stops with one line before its first checkpoint."
+    args = ARGS[:]; args[args.index("--matrix-lr") + 1] = "inf"
+    r = run(args + ["--data-dir", str(shards), "--log-dir", str(tmp_path), "--run-name", "nan"], check=False)
+    last = r.stderr.strip().splitlines()[-1]                 # above it: only the progress bar
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert last.startswith("loss became nan at step") and "the last good checkpoint is none" in last
+    assert checkpoint.latest_checkpoint(tmp_path / "nan") is None
+
+
+def test_help_lists_every_train_config_field():
+    "The CLI is built from TrainConfig: every field is a flag, shown with its help and default."
+    r = subprocess.run([sys.executable, "-m", "vibenanochat.train", "--help"], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert r.returncode == 0, r.stderr
+    text = " ".join(r.stdout.split())                      # argparse wraps lines
+    for f in dataclasses.fields(TrainConfig):
+        assert f"--{f.name}" in text and " ".join(f.metadata["help"].split()) in text, f.name
+        assert f"(default: {f.default})" in text, f.name

@@ -11,13 +11,15 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+import vibenanochat.plumbing as plumbing
+
 from .muon import MuonAdamW, _grad, muon_adamw_groups, state_numel
 
 # %% auto #0
-__all__ = ['SMALL', 'row_shard', 'muon_counts', 'DistMuonAdamW', 'make_optimizer']
+__all__ = ['REPLICATE_BELOW', 'row_shard', 'muon_counts', 'DistMuonAdamW', 'make_optimizer']
 
 # %% ../nbs/06_distmuon.ipynb #a7d83b0e
-SMALL = 1024   # AdamW tensors with fewer elements are all-reduced and updated whole on every rank
+REPLICATE_BELOW = 1024   # AdamW tensors with fewer elements are all-reduced and updated whole on every rank
 
 def row_shard(rows: int, world_size: int, rank: int) -> tuple[int, int]:
     "Rows [lo, hi) of a dim-0 sharded tensor owned by `rank`: ⌈rows/W⌉ each, the last owners may get fewer (or none)."
@@ -48,9 +50,10 @@ class DistMuonAdamW(MuonAdamW):
 
     def __init__(self, param_groups: list[dict], compile: bool | None = None,
                  world_size: int | None = None, rank: int | None = None):
-        live = dist.is_available() and dist.is_initialized()
-        self.world_size = world_size if world_size is not None else (dist.get_world_size() if live else 1)
-        self.rank = rank if rank is not None else (dist.get_rank() if live else 0)
+        live = dist.is_available() and dist.is_initialized()    # no process group: one process, whatever the env says
+        live_rank, _, live_world = plumbing.dist_info() if live else (0, 0, 1)
+        self.world_size = world_size if world_size is not None else live_world
+        self.rank = rank if rank is not None else live_rank
         if not 0 <= self.rank < self.world_size:
             raise ValueError(f"rank {self.rank} is outside world size {self.world_size}")
         super().__init__(param_groups, compile)
@@ -62,7 +65,7 @@ class DistMuonAdamW(MuonAdamW):
             b.lo = sum(c[:self.rank]); b.hi = b.lo + c[self.rank]
 
     def adamw_rows(self, p: Tensor) -> tuple[int, int] | None:
-        if self.world_size == 1 or p.numel() < SMALL: return None
+        if self.world_size == 1 or p.numel() < REPLICATE_BELOW: return None
         return row_shard(p.size(0), self.world_size, self.rank)
 
     @torch.no_grad()
@@ -75,18 +78,18 @@ class DistMuonAdamW(MuonAdamW):
         W, rank = self.world_size, self.rank
         # phase 1: launch every reduction, in group order
         jobs = []
-        for g in self.param_groups:
-            if g["kind"] != "adamw": continue
-            for p in g["params"]:
+        for group in self.param_groups:
+            if group["kind"] != "adamw": continue
+            for p in group["params"]:
                 grad = _grad(p)
-                if p.numel() < SMALL:                       # tiny: all-reduce, every rank updates it whole
-                    jobs.append(("small", g, p, grad, None, dist.all_reduce(grad, async_op=True)))
+                if p.numel() < REPLICATE_BELOW:             # tiny: all-reduce, every rank updates it whole
+                    jobs.append(("small", group, p, grad, None, dist.all_reduce(grad, async_op=True)))
                     continue
                 per = math.ceil(p.size(0) / W)
                 if per * W != p.size(0):                    # uneven: pad to W equal slices
                     padded = grad.new_zeros(per * W, *p.shape[1:]); padded[:p.size(0)] = grad; grad = padded
                 out = grad.new_empty(per, *p.shape[1:])
-                jobs.append(("rows", g, p, out, grad, _reduce_scatter(out, grad, async_op=True)))
+                jobs.append(("rows", group, p, out, grad, _reduce_scatter(out, grad, async_op=True)))
         for b in self.buckets:
             chunk = max(b.counts)
             buf = b.params[0].new_zeros(chunk * W, *b.shape)    # slot r holds rank r's matrices, zero-padded
@@ -95,33 +98,34 @@ class DistMuonAdamW(MuonAdamW):
             out = buf.new_empty(chunk, *b.shape)
             jobs.append(("muon", b, None, out, buf, _reduce_scatter(out, buf, async_op=True)))
         # phase 2: as each reduction lands, update what this rank owns and launch its all-gather
-        gathers = []
-        for kind, g, p, out, full, work in jobs:
+        gathers = []                                        # (where the result goes, gathered buffer, work)
+        for kind, group, p, out, full, work in jobs:        # group: a param group (AdamW) or a Bucket (Muon)
             work.wait()
             out.div_(W)                                     # sum → mean
             if kind == "small":
-                self._adamw_step(g, p, out, self.state[p])
+                self._adamw_step(group, p, out, self.state[p])
             elif kind == "rows":
                 lo, hi = row_shard(p.size(0), W, rank)
-                self._adamw_step(g, p[lo:hi], out[:hi - lo], self.state[p])
+                self._adamw_step(group, p[lo:hi], out[:hi - lo], self.state[p])
                 if full.size(0) == p.size(0):               # even split: gather straight into the parameter
                     gathers.append((None, None, _all_gather(p, p[lo:hi], async_op=True)))
                 else:
                     out[:hi - lo].copy_(p[lo:hi])
                     gathers.append((p, full, _all_gather(full, out, async_op=True)))
-            else:                                           # a Muon bucket (g is the Bucket)
-                n = g.hi - g.lo
-                params = torch.stack(g.params[g.lo:g.hi]) if n else out[:0]
-                self._muon_step(g, params, out[:n])
+            else:                                           # a Muon bucket
+                bucket = group
+                n = bucket.hi - bucket.lo
+                params = torch.stack(bucket.params[bucket.lo:bucket.hi]) if n else out[:0]
+                self._muon_step(bucket, params, out[:n])
                 out[:n].copy_(params)
-                gathers.append((g, full, _all_gather(full, out, async_op=True)))   # reuses the gradient buffer
+                gathers.append((bucket, full, _all_gather(full, out, async_op=True)))   # reuses the gradient buffer
         # phase 3: wait for the gathers, copy the results into the parameters
-        for dst, full, work in gathers:
+        for target, full, work in gathers:                 # target: None (gathered in place), a parameter or a Bucket
             work.wait()
-            if dst is None: continue
-            if isinstance(dst, Tensor): dst.copy_(full[:dst.size(0)]); continue
-            chunk = max(dst.counts)
-            torch._foreach_copy_(dst.params, [full[r * chunk + i] for r in range(W) for i in range(dst.counts[r])])
+            if target is None: continue
+            if isinstance(target, Tensor): target.copy_(full[:target.size(0)]); continue
+            chunk = max(target.counts)
+            torch._foreach_copy_(target.params, [full[r * chunk + i] for r in range(W) for i in range(target.counts[r])])
         return loss
 
 # %% ../nbs/06_distmuon.ipynb #c355dea1
@@ -133,6 +137,6 @@ def make_optimizer(model, *, depth: int, total_batch_size: int, matrix_lr: float
     groups = muon_adamw_groups(model, depth=depth, total_batch_size=total_batch_size, matrix_lr=matrix_lr,
                                embedding_lr=embedding_lr, unembedding_lr=unembedding_lr, scalar_lr=scalar_lr,
                                weight_decay=weight_decay, adam_betas=adam_betas, normuon=normuon, cautious=cautious)
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+    if dist.is_available() and dist.is_initialized() and plumbing.dist_info()[2] > 1:
         return DistMuonAdamW(groups, compile=compile)
     return MuonAdamW(groups, compile=compile)

@@ -39,10 +39,13 @@ __all__ = ['BUNDLE_URL', 'BUNDLE_ENV', 'BUNDLE_URL_ENV', 'DEFAULT_BUNDLE', 'TASK
            'suite_label', 'task_data', 'evaluate_core', 'format_table', 'write_report', 'main']
 
 # %% ../nbs/11_evals.ipynb #06cc9bb3
+import vibenanochat.plumbing as plumbing
+
 def _dist_info() -> tuple[int, int]:
-    "(rank, world size); (0, 1) when torch.distributed is not initialised."
-    if dist.is_available() and dist.is_initialized(): return dist.get_rank(), dist.get_world_size()
-    return 0, 1
+    "(rank, world size) of the process group (read by `plumbing.dist_info`); (0, 1) without one."
+    if not (dist.is_available() and dist.is_initialized()): return 0, 1
+    rank, _, world = plumbing.dist_info()
+    return rank, world
 
 @torch.no_grad()
 def evaluate_bpb(model, batches: Iterable, token_bytes: torch.Tensor) -> float:
@@ -413,56 +416,51 @@ def write_report(res: dict, out_dir: str | Path, stem: str | None = None, extra:
     return jpath, cpath
 
 # %% ../nbs/11_evals.ipynb #37cd5ebc
-def _load_checkpoint(path: Path, device: torch.device):
-    "Model and tokenizer of a checkpoint folder written by save_model."
-    try:
-        model, meta = model_lib.load_model(path, device=device)
-    except (FileNotFoundError, ValueError) as e:
-        raise SystemExit(str(e)) from None
-    ckpt_dir = path.parent if path.is_file() else path
-    tok = ckpt_dir / "tokenizer.json"
-    enc = tokenizer_lib.get_tokenizer(tok if tok.exists() else meta.get("tokenizer", "gpt2"))
+import vibenanochat.checkpoint as checkpoint_lib  # absolute imports: keep the path form working
+import vibenanochat.config as vnc_config
+
+def _load_checkpoint(path: str | Path, device: torch.device):
+    "(model, tokenizer, meta, folder) of a step folder, its model.pt or a run folder: the checkpoint chapter's loader."
+    ckpt_dir = checkpoint_lib.find_checkpoint(path)
+    model, enc, meta = checkpoint_lib.load_model_and_tokenizer(ckpt_dir, device)
     return model, enc, meta, ckpt_dir
 
-import vibenanochat.config as vnc_config  # absolute import: keeps the path form working
+def _cli_device(device: str | None, world: int, local_rank: int) -> torch.device:
+    "--device: an explicit GPU index (cuda:1) on one process, else `plumbing.process_device` (cuda:<local rank> under torchrun)."
+    if device and ":" in device and world == 1: return torch.device(device)
+    return plumbing.process_device((device or "auto").split(":")[0], world, local_rank)
 
 if __name__ == "__main__" and globals().get("__file__"):   # run as a script, not inside a notebook
     sys.argv[1:] = vnc_config.underscore_flags(sys.argv[1:])  # --max-per-task and --max_per_task alike
 
 @call_parse
-def main(checkpoint: Param("checkpoint folder written by save_model (or its model.pt)", str, required=True) = None,
+def main(checkpoint: Param("checkpoint folder written by the trainer (or its model.pt, or the run folder: its latest step)", str, required=True) = None,
          tasks: Param("comma-separated task labels (default: every task of the suite)", str) = None,
          max_per_task: Param("examples per task after the Random(1337) shuffle; -1 = all", int) = -1,
          bundle: Param("eval bundle folder (default: $VNC_EVAL_BUNDLE, else data/eval_bundle, downloaded when absent)", str) = None,
          suite: Param("core (core.yaml) or gauntlet (gauntlet.yaml)", str, choices=["core", "gauntlet"]) = "core",
          batch_tokens: Param("padded tokens per forward (bounds the memory of the logits)", int) = 4096,
-         device: Param("cpu, cuda, cuda:1, ... (default: cuda when available)", str) = None,
+         device: Param("cpu, cuda, cuda:1, mps (default: the best available)", str) = None,
          out: Param("folder for the JSON and CSV reports (default: the checkpoint folder)", str) = None):
     "Evaluate a checkpoint on CORE (or the gauntlet): print a per-task table and write JSON + CSV reports."
-    distributed = "RANK" in os.environ and "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1
-    use_cuda = (device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
-    if distributed:
-        local = int(os.environ.get("LOCAL_RANK", 0))
-        if use_cuda: torch.cuda.set_device(local)
-        dist.init_process_group("nccl" if use_cuda else "gloo")
-        dev = torch.device(f"cuda:{local}") if use_cuda else torch.device("cpu")
-    else:
-        dev = torch.device(device or ("cuda" if use_cuda else "cpu"))
-    try:
-        try: bundle_dir = find_bundle(bundle)
-        except FileNotFoundError as e: raise SystemExit(str(e)) from None
-        model, enc, meta, ckpt_dir = _load_checkpoint(Path(checkpoint), dev)
-        rank = _dist_info()[0]
-        log = print if rank == 0 else None
-        if rank == 0: print(f"evaluating {ckpt_dir} on {suite} ({bundle_dir}), {_dist_info()[1]} process(es), device {dev}")
-        ctx = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else torch.autocast("cpu", enabled=False)
+    with plumbing.cli_errors():
+        _, local_rank, world = plumbing.dist_info()            # torchrun's environment: no process group yet
+        dev = _cli_device(device, world, local_rank)
+        if world > 1:
+            if dev.type == "cuda": torch.cuda.set_device(dev)
+            dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
         try:
+            bundle_dir = find_bundle(bundle)
+            model, enc, meta, ckpt_dir = _load_checkpoint(checkpoint, dev)
+            rank, world = _dist_info()
+            log = print if rank == 0 else None
+            if rank == 0: print(f"evaluating {ckpt_dir} on {suite} ({bundle_dir}), {world} process(es), device {dev}")
+            ctx = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else torch.autocast("cpu", enabled=False)
             with ctx: res = evaluate_core(model, enc, bundle_dir, max_per_task=max_per_task, device=dev, tasks=tasks,
                                           suite=suite, batch_tokens=batch_tokens, log=log)
-        except ValueError as e: raise SystemExit(str(e)) from None
-        if rank == 0:
-            print(format_table(res))
-            extra = dict(checkpoint=str(ckpt_dir), step=meta.get("step"), world_size=_dist_info()[1])
-            for p in write_report(res, out or ckpt_dir, extra=extra): print("wrote", p)
-    finally:
-        if distributed and dist.is_initialized(): dist.destroy_process_group()
+            if rank == 0:
+                print(format_table(res))
+                extra = dict(checkpoint=str(ckpt_dir), step=meta.get("step"), world_size=world)
+                for p in write_report(res, out or ckpt_dir, extra=extra): print("wrote", p)
+        finally:
+            if dist.is_initialized(): dist.destroy_process_group()

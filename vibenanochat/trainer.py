@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
 import signal
 import time
 from contextlib import nullcontext
@@ -19,59 +17,64 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
+import vibenanochat.checkpoint as checkpoint
 import vibenanochat.data as data
 import vibenanochat.dataloader as dataloader
 import vibenanochat.distmuon as distmuon
 import vibenanochat.evals as evals
 import vibenanochat.muon as muon
+import vibenanochat.plumbing as plumbing
 import vibenanochat.tokenizer as tokenizer
 from .config import GPTConfig, count_params, flops_per_token
-from .model import GPT, atomic_write_bytes, save_model
+from .model import GPT
 
 # %% auto #0
-__all__ = ['PEAK_FLOPS', 'SAMPLE_PROMPTS', 'TrainConfig', 'Dist', 'init_distributed', 'all_reduce_', 'plan_run', 'peak_flops',
-           'resolve_precision', 'autocast', 'checkpoint_dir', 'barrier', 'save_checkpoint', 'latest_checkpoint',
-           'load_torch', 'MetricsLog', 'read_metrics', 'make_train_loaders', 'validation_bpb', 'sample_prompts',
-           'Diverged', 'format_header', 'train']
+__all__ = ['PEAK_FLOPS', 'SAMPLE_PROMPTS', 'option', 'TrainConfig', 'Dist', 'init_distributed', 'all_reduce_', 'plan_run',
+           'peak_flops', 'resolve_precision', 'autocast', 'MetricsLog', 'read_metrics', 'make_train_loaders',
+           'validation_bpb', 'sample_prompts', 'Diverged', 'format_header', 'train']
 
 # %% ../nbs/09_trainer.ipynb #50fe423e
+def option(default, help: str):
+    "A `TrainConfig` field: its default and the line of help the train CLI shows for it."
+    return field(default=default, metadata={"help": help})
+
 @dataclass
 class TrainConfig:
-    "Settings of one training run (the train CLI's flags)."
-    depth: int = 12
-    seq_len: int = 1024
-    device_batch_size: int = 32          # sequences per micro-step per process
-    total_batch_size: int = 2**19        # tokens per optimizer step, all processes together
-    target_flops: float = -1.0           # horizon from a FLOP budget ...
-    target_param_data_ratio: float = -1.0  # ... or tokens = ratio x N ...
-    num_iterations: int = -1             # ... or a step count (default: ratio 10)
-    matrix_lr: float = 0.02
-    embedding_lr: float = 0.3
-    unembedding_lr: float = 0.004
-    scalar_lr: float = 0.5
-    weight_decay: float = 0.2
-    warmup_steps: int = 0
-    warmdown_frac: float = 0.4
-    window_pattern: str = "L"
-    value_embeds: bool = False
-    layer_scalars: bool = False
-    eval_every: int = 250                # validation bits-per-byte (also at the end); <= 0 only at the end
-    eval_tokens: int = 10 * 2**19
-    core_every: int = -1                 # CORE benchmark every N steps (and at the end); -1 off
-    core_max_per_task: int = 500
-    core_bundle: str = ""                # eval bundle folder (default: $VNC_EVAL_BUNDLE or data/eval_bundle)
-    sample_every: int = -1               # greedy samples of fixed prompts (also at the end when > 0)
-    save_every: int = -1                 # checkpoint every N steps; always at the end
-    log_every: int = 10                  # steps between metric flushes (the only host syncs)
-    run_name: str = ""                   # default d<depth>
-    log_dir: str = "logs"
-    data_dir: str = "data/fineweb-edu-sample-10BT"  # what `python -m vibenanochat.data fineweb-edu` writes
-    tokenizer: str = ""                  # default: the tokenizer recorded in the data manifest
-    compile: str = "auto"                # auto = on for CUDA
-    dtype: str = "auto"                  # auto = bf16 where supported, else fp32
-    device: str = "auto"
-    seed: int = 42
-    resume: bool = False
+    "Settings of one training run. Each field is a flag of the train CLI (`--seq-len` or `--seq_len`) with this help."
+    depth: int = option(12, "model depth: layers = depth, width = 64·depth")
+    seq_len: int = option(1024, "training sequence length")
+    device_batch_size: int = option(32, "sequences per micro-step per process")
+    total_batch_size: int = option(2**19, "tokens per optimizer step, all processes together")
+    target_flops: float = option(-1.0, "horizon from a FLOP budget (first priority)")
+    target_param_data_ratio: float = option(-1.0, "horizon: tokens = ratio x N (second priority)")
+    num_iterations: int = option(-1, "horizon as a step count (third priority; none given: ratio 10)")
+    matrix_lr: float = option(0.02, "Muon LR for block matrices (before batch scaling)")
+    embedding_lr: float = option(0.3, "AdamW LR for the embedding")
+    unembedding_lr: float = option(0.004, "AdamW LR for the head")
+    scalar_lr: float = option(0.5, "AdamW LR for the scalars")
+    weight_decay: float = option(0.2, "weight decay at depth 12 (scaled by (12/depth)^2)")
+    warmup_steps: int = option(0, "linear LR warm-up steps")
+    warmdown_frac: float = option(0.4, "share of the steps with a linear warm-down to 0")
+    window_pattern: str = option("L", "attention windows tiled over layers: L full, S short, e.g. SSSL")
+    value_embeds: bool = option(False, "add value embeddings")
+    layer_scalars: bool = option(False, "add per-layer residual scalars")
+    eval_every: int = option(250, "validation bits per byte every N steps (and at the end); <= 0: only at the end")
+    eval_tokens: int = option(10 * 2**19, "validation tokens per evaluation")
+    core_every: int = option(-1, "CORE benchmark every N steps (and at the end); -1: off")
+    core_max_per_task: int = option(500, "CORE examples per task")
+    core_bundle: str = option("", "CORE eval bundle folder (default: the evals chapter's bundle)")
+    sample_every: int = option(-1, "greedy samples of fixed prompts every N steps (and at the end); -1: off")
+    save_every: int = option(-1, "checkpoint every N steps (always at the end)")
+    log_every: int = option(10, "steps between metric flushes (the only host-device syncs)")
+    run_name: str = option("", "run folder name (default: d<depth>)")
+    log_dir: str = option("logs", "where run folders go")
+    data_dir: str = option("data/fineweb-edu-sample-10BT", "tokenized shards (what `python -m vibenanochat.data` writes)")
+    tokenizer: str = option("", "tokenizer (default: the one recorded in the data manifest)")
+    compile: str = option("auto", "torch.compile: auto (on for CUDA), on, off")
+    dtype: str = option("auto", "autocast dtype: auto (bf16 where supported, else fp32), bf16, fp32")
+    device: str = option("auto", "auto, cuda, mps or cpu")
+    seed: int = option(42, "initialisation seed")
+    resume: bool = option(False, "continue from the run's latest complete checkpoint")
 
     def __post_init__(self):
         if not self.run_name: self.run_name = f"d{self.depth}"
@@ -88,20 +91,18 @@ class Dist:
     def master(self) -> bool: return self.rank == 0
 
 def init_distributed(device: str = "auto") -> Dist:
-    "Start the process group when launched by torchrun; pick the device."
-    rank, local_rank, world = (int(os.environ.get(k, d)) for k, d in [("RANK", 0), ("LOCAL_RANK", 0), ("WORLD_SIZE", 1)])
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else ("mps" if world == 1 and torch.backends.mps.is_available() else "cpu")
-    dev = torch.device(f"cuda:{local_rank}" if device == "cuda" else device)
+    "Start the process group when launched by torchrun; this process's rank and device come from plumbing."
+    rank, local_rank, world = plumbing.dist_info()
+    dev = plumbing.process_device(device, world, local_rank)
     if dev.type == "cuda": torch.cuda.set_device(dev)
     if world > 1 and not dist.is_initialized():
-        if dev.type == "mps": raise SystemExit("MPS supports a single process only: run without torchrun, or use --device cpu")
+        if dev.type == "mps": raise ValueError("MPS supports a single process only: run without torchrun, or use --device cpu")
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", device_id=dev if dev.type == "cuda" else None)
     return Dist(rank, local_rank, world, dev)
 
 def all_reduce_(t: torch.Tensor, op=None) -> torch.Tensor:
     "In-place all-reduce (sum by default) when a process group exists; a no-op otherwise."
-    if dist.is_initialized() and dist.get_world_size() > 1: dist.all_reduce(t, op=op or dist.ReduceOp.SUM)
+    if dist.is_initialized() and plumbing.dist_info()[2] > 1: dist.all_reduce(t, op=op or dist.ReduceOp.SUM)
     return t
 
 # %% ../nbs/09_trainer.ipynb #7445f243
@@ -149,42 +150,6 @@ def autocast(device: torch.device, dtype: torch.dtype):
     "bf16 autocast context, or nothing for fp32."
     return torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
 
-# %% ../nbs/09_trainer.ipynb #fbc6272f
-def checkpoint_dir(run_dir: Path, step: int) -> Path: return Path(run_dir) / "checkpoints" / f"step_{step:06d}"
-
-def barrier():
-    if dist.is_initialized(): dist.barrier()
-
-def save_checkpoint(run_dir: Path, step: int, model: GPT, optimizer, loaders: list, meta: dict, d: Dist, enc=None) -> Path:
-    "Write a complete checkpoint atomically (all ranks call this); with `enc`, its tokenizer.json too (self-contained)."
-    final = checkpoint_dir(run_dir, step)
-    tmp = final.with_name(final.name + ".tmp")
-    if d.master:
-        shutil.rmtree(tmp, ignore_errors=True); tmp.mkdir(parents=True)
-    barrier()
-    atomic_write_bytes(tmp / f"optim_rank{d.rank}.pt", lambda f: torch.save(optimizer.state_dict(), f))
-    atomic_write_bytes(tmp / f"loader_rank{d.rank}.pt", lambda f: torch.save([l.state_dict() for l in loaders], f))
-    if d.master:
-        save_model(model, tmp, dict(meta, step=step, world_size=d.world_size))
-        if enc is not None: tokenizer.save_tokenizer(enc, tmp / "tokenizer.json")
-    barrier()
-    if d.master:
-        if final.exists(): shutil.rmtree(final)
-        os.replace(tmp, final)
-    barrier()
-    return final
-
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    "The newest complete checkpoint folder of a run (unfinished `.tmp` folders are ignored)."
-    found = sorted(p for p in (Path(run_dir) / "checkpoints").glob("step_*") if p.is_dir() and not p.name.endswith(".tmp"))
-    return found[-1] if found else None
-
-def load_torch(path: Path):
-    "torch.load of our own plain-data files, with a one-line error for a missing or damaged file."
-    if not path.exists(): raise ValueError(f"checkpoint file {path} is missing: the checkpoint is incomplete; delete its folder to resume from the previous one")
-    try: return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e: raise ValueError(f"checkpoint file {path} is corrupt or truncated ({type(e).__name__}): delete {path.parent} to resume from the previous checkpoint") from None
-
 # %% ../nbs/09_trainer.ipynb #b4a19cb0
 class MetricsLog:
     "Append-only JSONL metrics (rank 0 writes; other ranks hold a disabled log)."
@@ -199,7 +164,7 @@ class MetricsLog:
         "Drop records of steps after `step` (atomically), e.g. before resuming from a checkpoint at `step`."
         if not self.enabled or not self.path.exists(): return
         keep = [l for l in self.path.read_text().splitlines() if l.strip() and json.loads(l).get("step", 0) <= step and json.loads(l).get("event") != "end"]
-        atomic_write_bytes(self.path, lambda f: f.write("".join(l + "\n" for l in keep).encode()))
+        plumbing.atomic_write(self.path, "".join(l + "\n" for l in keep))
 
 def read_metrics(path: str | Path) -> list[dict]:
     "All records of a metrics.jsonl file."
@@ -211,9 +176,9 @@ SAMPLE_PROMPTS = ["The capital of France is", "The chemical symbol of gold is", 
 
 def make_train_loaders(tc: TrainConfig, plan: dict, d: Dist) -> list:
     "This process's data streams: stream r·accum + j for micro-step j."
-    a = plan["grad_accum"]
-    return [dataloader.DataLoader(tc.data_dir, tc.device_batch_size, tc.seq_len, rank=d.rank * a + j,
-                                  world_size=plan["streams"], device=d.device) for j in range(a)]
+    grad_accum = plan["grad_accum"]
+    return [dataloader.DataLoader(tc.data_dir, tc.device_batch_size, tc.seq_len, rank=d.rank * grad_accum + j,
+                                  world_size=plan["streams"], device=d.device) for j in range(grad_accum)]
 
 def validation_bpb(model: GPT, tc: TrainConfig, d: Dist, token_bytes: torch.Tensor, dtype: torch.dtype) -> float:
     "Bits per byte on `eval_tokens` tokens of the validation shard, all ranks together."
@@ -230,7 +195,7 @@ def sample_prompts(model: GPT, enc, max_new_tokens: int = 16) -> list[str]:
     return [p + enc.decode(list(model.generate([bos] + enc.encode_ordinary(p), max_new_tokens, temperature=0.0))) for p in SAMPLE_PROMPTS]
 
 # %% ../nbs/09_trainer.ipynb #3d2fd9e4
-class Diverged(SystemExit): "Raised when the training loss becomes NaN or infinite."
+class Diverged(RuntimeError): "The training loss became NaN or infinite (the run stops without saving)."
 
 def format_header(tc: TrainConfig, cfg: GPTConfig, plan: dict, d: Dist, dtype, use_compile: bool, tok_name: str) -> str:
     from vibenanochat.config import batch_lr_scale, depth_wd_scale
@@ -268,39 +233,38 @@ def _train(tc: TrainConfig, d: Dist) -> dict:
     dtype, use_compile = resolve_precision(tc, d.device)
     data_dir = Path(tc.data_dir)
     if not data_dir.is_dir():
-        raise ValueError(f"no data folder {data_dir}: prepare one with `python -m vibenanochat.data SOURCE --out {data_dir}` or pass --data-dir")
+        raise FileNotFoundError(f"no data folder {data_dir}: prepare one with `python -m vibenanochat.data SOURCE --out {data_dir}` or pass --data-dir")
     manifest = data.load_manifest(data_dir)   # one-line error for unfinished or foreign folders
     enc = tokenizer.get_tokenizer(tc.tokenizer or data_dir / "tokenizer.json")
     tok_name = tc.tokenizer or manifest["tokenizer"]
     cfg = GPTConfig.from_depth(tc.depth, vocab_size=enc.n_vocab, seq_len=tc.seq_len, window_pattern=tc.window_pattern,
                                value_embeds=tc.value_embeds, layer_scalars=tc.layer_scalars)
     plan = plan_run(tc, cfg, d.world_size)
-    N, B, a = plan["num_steps"], tc.total_batch_size, plan["grad_accum"]
+    num_steps, batch_tokens, grad_accum = plan["num_steps"], tc.total_batch_size, plan["grad_accum"]
     run_dir = Path(tc.log_dir) / tc.run_name
 
     ckpt, meta, start = None, {}, 0
     if tc.resume:
-        ckpt = latest_checkpoint(run_dir)
-        if ckpt is None: raise ValueError(f"--resume: no complete checkpoint in {run_dir / 'checkpoints'}: start the run without --resume")
-        try: meta = json.loads((ckpt / "meta.json").read_text())
-        except (OSError, ValueError): raise ValueError(f"checkpoint {ckpt} has a missing or corrupt meta.json: delete that folder to resume from the previous one") from None
+        ckpt = checkpoint.latest_checkpoint(run_dir)
+        if ckpt is None: raise FileNotFoundError(f"--resume: no complete checkpoint in {run_dir / 'checkpoints'}: start the run without --resume")
+        meta = checkpoint.load_meta(ckpt)
         _check_resume(meta, cfg, tc, d, ckpt)
         start = meta["step"]
-    elif latest_checkpoint(run_dir) is not None:
-        raise ValueError(f"{run_dir} already holds checkpoints: pass --resume to continue that run, or choose another --run-name")
+    elif checkpoint.latest_checkpoint(run_dir) is not None:
+        raise FileExistsError(f"{run_dir} already holds checkpoints: pass --resume to continue that run, or choose another --run-name")
 
     with torch.device("meta"): model = GPT(cfg)
     model.to_empty(device=d.device)
     torch.manual_seed(tc.seed)
     model.init_weights()                  # same seed on every rank: identical initial weights
-    optimizer = distmuon.make_optimizer(model, depth=tc.depth, total_batch_size=B, matrix_lr=tc.matrix_lr, embedding_lr=tc.embedding_lr,
+    optimizer = distmuon.make_optimizer(model, depth=tc.depth, total_batch_size=batch_tokens, matrix_lr=tc.matrix_lr, embedding_lr=tc.embedding_lr,
                                         unembedding_lr=tc.unembedding_lr, scalar_lr=tc.scalar_lr, weight_decay=tc.weight_decay)
     loaders = make_train_loaders(tc, plan, d)
     loop = dict(ema=0.0, time=0.0, val_bpb=None, core=None)
     if ckpt is not None:
-        model.load_state_dict(load_torch(ckpt / "model.pt"))
-        optimizer.load_state_dict(load_torch(ckpt / f"optim_rank{d.rank}.pt"))
-        states = load_torch(ckpt / f"loader_rank{d.rank}.pt")
+        model.load_state_dict(checkpoint.load_state(ckpt / checkpoint.MODEL))
+        optimizer.load_state_dict(checkpoint.load_state(ckpt / checkpoint.optim_file(d.rank)))
+        states = checkpoint.load_state(ckpt / checkpoint.loader_file(d.rank))
         if len(states) != len(loaders): raise ValueError(f"checkpoint {ckpt} holds {len(states)} data streams for this rank, the run needs {len(loaders)}")
         for l, s in zip(loaders, states): l.load_state_dict(s)
         loop.update(meta.get("loop", {}))
@@ -317,30 +281,30 @@ def _train(tc: TrainConfig, d: Dist) -> dict:
         if ckpt is not None: print(f"resuming from {ckpt} (step {start})", flush=True)
 
     def ckpt_meta(): return dict(tokenizer=tok_name, train=asdict(tc), plan=plan, loop=dict(loop))
-    def save(step): return save_checkpoint(run_dir, step, model, optimizer, loaders, ckpt_meta(), d, enc)
+    def save(step): return checkpoint.save_checkpoint(run_dir, step, model, optimizer, loaders, ckpt_meta(), enc)
 
     stop = {"flag": False}
     def on_signal(signum, frame): stop["flag"] = True
     old_handlers = {}
     if hasattr(signal, "SIGTERM") and _in_main_thread():
         for s in (signal.SIGINT, signal.SIGTERM): old_handlers[s] = signal.signal(s, on_signal)
-    bar = tqdm(total=N, initial=start, disable=not d.master, dynamic_ncols=True, desc=tc.run_name)
+    bar = tqdm(total=num_steps, initial=start, disable=not d.master, dynamic_ncols=True, desc=tc.run_name)
     pending, window_start, t0 = [], start, time.time()
     step = start
     try:
-        while step < N:
-            muon.apply_schedules(optimizer, step, N, tc.warmup_steps, tc.warmdown_frac)
+        while step < num_steps:
+            muon.apply_schedules(optimizer, step, num_steps, tc.warmup_steps, tc.warmdown_frac)
             step_loss = torch.zeros((), device=d.device)
             for it in loaders:
                 x, y = next(it)
                 with autocast(d.device, dtype): loss = fwd(x, y)
-                (loss / a).backward()
+                (loss / grad_accum).backward()
                 step_loss += loss.detach()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            pending.append(step_loss / a)
+            pending.append(step_loss / grad_accum)
             step += 1
-            last = step == N
+            last = step == num_steps
             due = lambda every: every > 0 and (last or step % every == 0)
             do_eval, do_save = last or due(tc.eval_every), last or due(tc.save_every)
             do_core, do_sample = due(tc.core_every), due(tc.sample_every)
@@ -349,18 +313,18 @@ def _train(tc: TrainConfig, d: Dist) -> dict:
             # ---- flush: the one host-device sync of the window
             losses = torch.stack(pending); all_reduce_(losses); values = (losses / d.world_size).tolist()
             dt = time.time() - t0
-            tok_s = len(values) * B / dt
+            tok_s = len(values) * batch_tokens / dt
             mfu = 100 * fpt * tok_s / (peak * d.world_size)
             for i, v in enumerate(values):
                 s = window_start + i + 1
                 if not math.isfinite(v):
-                    prev = latest_checkpoint(run_dir)
+                    prev = checkpoint.latest_checkpoint(run_dir)
                     raise Diverged(f"loss became {v} at step {s}: stopped without saving; the last good checkpoint is "
                                    f"{prev or 'none'} (resume it with --resume, e.g. with lower learning rates)")
                 loop["ema"] = 0.9 * loop["ema"] + 0.1 * v
                 loop["time"] += dt / len(values)
-                log.write(step=s, loss=v, lrm=muon.lr_multiplier(s - 1, N, tc.warmup_steps, tc.warmdown_frac), tok_per_sec=tok_s,
-                          mfu=mfu, flops=fpt * B * s, tokens=B * s, time=loop["time"])
+                log.write(step=s, loss=v, lr_multiplier=muon.lr_multiplier(s - 1, num_steps, tc.warmup_steps, tc.warmdown_frac),
+                          tok_per_sec=tok_s, mfu=mfu, flops=fpt * batch_tokens * s, tokens=batch_tokens * s, time=loop["time"])
             pending, window_start = [], step
             smooth = loop["ema"] / (1 - 0.9 ** step)
             bar.set_postfix_str(f"loss {smooth:.4f} | {tok_s:,.0f} tok/s | MFU {mfu:.1f}%"); bar.update(step - bar.n)
@@ -385,7 +349,7 @@ def _train(tc: TrainConfig, d: Dist) -> dict:
                 if d.master and not last: bar.write(f"step {step}: checkpoint {path}")
             if stopping.item() > 0 and not last:
                 if d.master: bar.write(f"interrupted at step {step}: checkpoint saved; continue with --resume")
-                raise SystemExit(130)
+                raise KeyboardInterrupt          # the CLI turns it into exit code 130
             t0 = time.time()
     finally:
         bar.close()
@@ -393,8 +357,8 @@ def _train(tc: TrainConfig, d: Dist) -> dict:
         for l in loaders:
             if hasattr(l, "close"): l.close()
     summary = dict(event="end", step=step, depth=tc.depth, loss=loop["ema"] / (1 - 0.9 ** max(step, 1)), val_bpb=loop["val_bpb"],
-                   core=loop["core"], params_total=plan["params_total"], params_N=plan["params_N"], tokens=B * step,
-                   flops=fpt * B * step, time=loop["time"], checkpoint=str(checkpoint_dir(run_dir, step)))
+                   core=loop["core"], params_total=plan["params_total"], params_N=plan["params_N"], tokens=batch_tokens * step,
+                   flops=fpt * batch_tokens * step, time=loop["time"], checkpoint=str(checkpoint.step_dir(run_dir, step)))
     log.write(**summary)
     if d.master: print(f"done: {step} steps, final loss {summary['loss']:.4f}, val bpb {summary['val_bpb']:.4f}, checkpoint {summary['checkpoint']}", flush=True)
     return summary
