@@ -155,4 +155,4 @@ def test_help_lists_every_train_config_field():
     text = " ".join(r.stdout.split())                      # argparse wraps lines
     for f in dataclasses.fields(TrainConfig):
         assert f"--{f.name}" in text and " ".join(f.metadata["help"].split()) in text, f.name
-        assert f"(default: {f.default})" in text, f.name
+        assert f"(default: {f.default!r})" in text, f.name

@@ -20,11 +20,10 @@ def parser() -> argparse.ArgumentParser:
     "The train CLI's parser: one option per `TrainConfig` field, with its type, default and help."
     p = argparse.ArgumentParser(prog="python -m vibenanochat.train", allow_abbrev=False,
                                 description="Train a GPT from scratch: torchrun --standalone --nproc_per_node=N -m vibenanochat.train --depth 12. "
-                                            "Flags may use dashes or underscores (--seq-len, --seq_len).",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                            "Flags may use dashes or underscores (--seq-len, --seq_len).")
     types = typing.get_type_hints(trainer.TrainConfig)
     for f in dataclasses.fields(trainer.TrainConfig):
-        help, kind = f.metadata["help"], types[f.name]
+        help, kind = f"{f.metadata['help']} (default: {f.default!r})", types[f.name]
         if kind is bool and f.default: p.add_argument(f"--no_{f.name}", dest=f.name, action="store_false", help=help)
         elif kind is bool: p.add_argument(f"--{f.name}", action="store_true", help=help)
         else: p.add_argument(f"--{f.name}", type=kind, default=f.default, metavar=kind.__name__.upper(), help=help)
