@@ -84,7 +84,7 @@ def test_two_novels_both_in_train_and_validation(tmp_path):
     out = r.stdout.strip().splitlines()
     assert out[0] == "tokenizer: a 1,024-token BPE trained on the corpus (--tokenizer bpe:1024)"
     summary = out[-1]
-    assert "from 2," in summary and "in 2 file(s), 2 file(s) cut at line breaks into pieces of at most 2,000 characters" in summary
+    assert "2,934 documents from 2 file(s), 2 cut at line breaks into pieces of at most 2,000 characters" in summary
     assert "dropped 0 empty and 0 exact duplicate document(s)" in summary and "0 tokens (0.0 %) lie beyond token 1,024" in summary
     enc = get_tokenizer(tmp_path / "o")
     assert enc.name == "bpe1024" and enc.n_vocab == 1024
