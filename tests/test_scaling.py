@@ -297,9 +297,9 @@ def test_cli_sweep_plan_prints_every_command(tmp_path):
 
 def test_cli_sweep_with_the_real_trainer(tmp_path):
     "prepare_sweep_data + `sweep` through vibenanochat.train on a tiny corpus: real end lines, then skips on a rerun."
-    from conftest import need_shared
+    from conftest import need_asset
     from vibenanochat.config import GPTConfig, count_params
-    text = need_shared("text", "tiny_shakespeare_input.txt")
+    text = need_asset("text/tiny_shakespeare_input.txt")
     data_dir = sw.prepare_sweep_data(tmp_path / "data", source=str(text), vocab=320, max_tokens=60_000, bpe_chars=300_000)
     vocab = json.loads((data_dir / "manifest.json").read_text())["vocab_size"]
     out = tmp_path / "sweep"
