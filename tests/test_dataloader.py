@@ -16,25 +16,32 @@ from vibenanochat.dataloader import DataLoader
 from vibenanochat.tokenizer import get_tokenizer
 
 
+def pieces_jsonl(path, n=None):
+    "Tiny Shakespeare cut into pieces of at most 2,000 characters (about 550 tokens), as a .jsonl file."
+    ps = list(data.read_txt(need_asset("text/tiny_shakespeare_input.txt")))[:n]
+    path.write_text("".join(json.dumps({"text": p}) + "\n" for p in ps))
+    return path
+
+
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    "Tiny Shakespeare's speeches plus the FineWeb-Edu sample in small shards: short and long documents, many row groups."
+    "Tiny Shakespeare's speeches plus the play in pieces, in small shards: short and long documents, many row groups."
     enc = get_tokenizer(need_asset("tokenizers/gpt2"))
     d = tmp_path_factory.mktemp("dl") / "mix"
     src = tmp_path_factory.mktemp("src")
     os.symlink(need_asset("text/tiny_shakespeare_input.txt"), src / "a.txt")
-    os.symlink(need_asset("text/fineweb_edu_sample/fineweb_edu_sample150.jsonl"), src / "b.jsonl")
+    pieces_jsonl(src / "b.jsonl")
     data.prepare(str(src), d, enc, split="blank", shard_docs=1024, val_docs=300, window_docs=4096, progress=False)
     return d
 
 
 @pytest.fixture(scope="module")
 def small(tmp_path_factory):
-    "The FineWeb-Edu sample alone (about 80 k tokens) in shards of 32 pages: a loader wraps its epochs quickly."
+    "150 pieces of the play (about 80 k tokens) in shards of 32: a loader wraps its epochs quickly."
     enc = get_tokenizer(need_asset("tokenizers/gpt2"))
-    d = tmp_path_factory.mktemp("dl") / "fw"
-    data.prepare(str(need_asset("text/fineweb_edu_sample/fineweb_edu_sample150.jsonl")), d, enc,
-                 shard_docs=32, val_docs=16, window_docs=512, progress=False)
+    d = tmp_path_factory.mktemp("dl") / "small"
+    src = pieces_jsonl(tmp_path_factory.mktemp("src") / "pieces.jsonl", 150)
+    data.prepare(str(src), d, enc, shard_docs=32, val_docs=16, window_docs=512, progress=False)
     return d
 
 
