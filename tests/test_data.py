@@ -349,7 +349,6 @@ def hub(monkeypatch, tmp_path):
     server = ThreadingHTTPServer(("127.0.0.1", 0), FakeHub)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.server_port}")
-    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
     monkeypatch.chdir(tmp_path)  # downloads go to ./data/raw
     yield texts, files
     server.shutdown()
