@@ -391,7 +391,8 @@ def test_fineweb_missing_config_is_one_line(hub, tmp_path):
 
 
 def test_fineweb_offline_is_one_line(tmp_path):
-    r = cli("fineweb-edu", "--max-tokens", 1000, "--out", tmp_path / "o", env={"HF_ENDPOINT": DEAD})
+    # a BPE trained on the corpus: the first thing that needs the network is the hub (not GPT-2's files)
+    r = cli("fineweb-edu", "--max-tokens", 1000, "--out", tmp_path / "o", "--tokenizer", "bpe:300", env={"HF_ENDPOINT": DEAD})
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert r.stderr.strip().count("\n") == 0
     assert r.stderr.startswith("cannot reach the Hugging Face hub at http://127.0.0.1:9") and "vibenanochat.data PATH" in r.stderr
