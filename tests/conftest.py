@@ -1,20 +1,20 @@
-"""Shared test helpers: where the shared data lives."""
-import os
+"""Shared test helpers."""
 from pathlib import Path
 
 import pytest
 
+from vibenanochat.assets import asset
+
 REPO = Path(__file__).resolve().parents[1]
 
 
-def shared_data() -> Path:
-    "The shared data folder: $VNC_SHARED_DATA, else ../shared/data beside the repo."
-    return Path(os.environ.get("VNC_SHARED_DATA", REPO.parent / "shared" / "data"))
+def need_asset(name: str) -> Path:
+    "Local path of a data asset (see vibenanochat.assets); skip the test, naming the asset, when it cannot be had."
+    try:
+        return asset(name)
+    except FileNotFoundError as e:
+        pytest.skip(f"needs the downloadable asset {name}: {e}")
 
 
-def need_shared(*parts: str) -> Path:
-    "Path to a shared data file or folder; skip the test (with the reason) when it is absent."
-    p = shared_data().joinpath(*parts)
-    if not p.exists():
-        pytest.skip(f"shared data {p} is absent (set VNC_SHARED_DATA to its folder)")
-    return p
+def need_shared(*parts: str) -> Path:   # TODO(lead): remove once every test uses need_asset
+    return need_asset("/".join(parts))
