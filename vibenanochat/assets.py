@@ -24,7 +24,7 @@ def repo_data_dir() -> Path:
 def data_dirs() -> list[Path]:
     "The folders searched for assets, in order: $VNC_DATA_DIR's entries, ./data, the repo's data/ (duplicates dropped)."
     found = [Path(p).expanduser() for p in os.environ.get(DATA_ENV, "").split(os.pathsep) if p.strip()]
-    found += [Path("data"), repo_data_dir()]
+    found += [Path("data").absolute(), repo_data_dir()]   # absolute: a path handed to a subprocess with another cwd still works
     out, seen = [], set()
     for p in found:
         key = p.resolve() if p.exists() else p.absolute()

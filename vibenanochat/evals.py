@@ -77,7 +77,10 @@ def _asset_once(name: str, download: bool = True) -> Path:
 
 def find_bundle(bundle: str | Path | None = None, download: bool = True) -> Path:
     "The eval bundle folder: `bundle` (a folder, or a bundle asset's name such as 'eval_bundle_mini'), else the asset 'eval_bundle'."
-    if not bundle: return _asset_once(BUNDLE_ASSET, download)
+    if not bundle:
+        try: return _asset_once(BUNDLE_ASSET, download)
+        except FileNotFoundError as e:   # the resolver's line, plus the way round it
+            raise FileNotFoundError(f"{e}; or pass --bundle DIR, or --bundle {MINI_BUNDLE_ASSET} for the small one in the repo") from None
     p = Path(bundle)
     if not p.exists() and str(bundle) in (BUNDLE_ASSET, MINI_BUNDLE_ASSET): p = _asset_once(str(bundle), download)
     if not (p / "core.yaml").exists():
