@@ -2,21 +2,19 @@
 the registry, the mini bundle against its documented rule, the search order on temporary folders, checked
 downloads from a local HTTP server, and the one-line error when a file is neither here nor downloadable."""
 import csv
-import functools
 import hashlib
-import http.server
 import io
 import os
 import random
 import subprocess
-import threading
 import zipfile
 from pathlib import Path
 
 import pytest
 import yaml
-
+from _local_server import Server, sandbox
 from conftest import REPO, need_asset
+
 from vibenanochat import assets
 
 DATA = REPO / "data"
@@ -37,7 +35,7 @@ def readme_table() -> dict[str, dict]:
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         assert len(cells) == 6, line
         path, what, source, licence, nbytes, digest = cells
-        rows[path.strip("`")] = dict(what=what, source=source, licence=licence, bytes=int(nbytes), sha256=digest.strip("`"))
+        rows[path.strip("`")] = {"what": what, "source": source, "licence": licence, "bytes": int(nbytes), "sha256": digest.strip("`")}
     return rows
 
 
@@ -160,63 +158,42 @@ def test_an_incomplete_folder_is_passed_over(tmp_path, monkeypatch):
 
 # ------------------------------------------------------------------ downloads from a local server
 
-class Server:
-    "A real HTTP server on 127.0.0.1 serving a folder."
-    def __init__(self, folder: Path):
-        handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
-        handler.log_message = lambda *a: None
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-    def __enter__(self):
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-        return self
-    def __exit__(self, *a):
-        self.httpd.shutdown(); self.httpd.server_close()
-
-
-@pytest.fixture
-def sandbox(tmp_path, monkeypatch):
-    "An empty search path and cache, and a registry we may add entries to (restored afterwards)."
-    monkeypatch.setenv("VNC_DATA_DIR", str(tmp_path / "nothing"))
-    monkeypatch.setenv("VNC_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(assets, "REGISTRY", dict(assets.REGISTRY))
-    return tmp_path
-
-
-def test_checked_download_then_found_in_the_cache(sandbox):
-    served = put(sandbox / "srv", "notes.txt", "the real bytes\n")
+def test_checked_download_then_found_in_the_cache(tmp_path, monkeypatch):
+    box = sandbox(tmp_path, monkeypatch)
+    served = put(box / "srv", "notes.txt", "the real bytes\n")
     good = sha256(served)
-    with Server(sandbox / "srv") as s:
+    with Server(box / "srv") as s:
         assets.REGISTRY["text/notes.txt"] = assets.Asset(f"{s.url}/notes.txt", good, "test")
         assets.REGISTRY["text/tampered.txt"] = assets.Asset(f"{s.url}/notes.txt", "0" * 64, "test")
         p = assets.asset("text/notes.txt")
-        assert p == sandbox / "cache" / "text" / "notes.txt" and p.read_text() == "the real bytes\n"
+        assert p == box / "cache" / "text" / "notes.txt" and p.read_text() == "the real bytes\n"
         with pytest.raises(FileNotFoundError) as e:                 # a hash mismatch is refused, and nothing is kept
             assets.asset("text/tampered.txt")
     msg = str(e.value)
     assert "\n" not in msg and "text/tampered.txt" in msg and "notes.txt" in msg and "data/text/tampered.txt" in msg
-    assert not (sandbox / "cache" / "text" / "tampered.txt").exists()
+    assert not (box / "cache" / "text" / "tampered.txt").exists()
     assert assets.asset("text/notes.txt") == p                      # server gone: the cached copy is used
 
 
-def test_zip_asset_is_unpacked_into_its_folder(sandbox):
+def test_zip_asset_is_unpacked_into_its_folder(tmp_path, monkeypatch):
+    box = sandbox(tmp_path, monkeypatch)
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as z:                 # nested under a top folder, like nanochat's zip
         z.writestr("eval_bundle/core.yaml", "icl_tasks: []\n")
         z.writestr("eval_bundle/eval_data/t/a.jsonl", '{"query": "q", "choices": ["a"], "gold": 0}\n')
-    (sandbox / "srv").mkdir()
-    (sandbox / "srv" / "b.zip").write_bytes(buf.getvalue())
-    with Server(sandbox / "srv") as s:
+    (box / "srv").mkdir()
+    (box / "srv" / "b.zip").write_bytes(buf.getvalue())
+    with Server(box / "srv") as s:
         assets.REGISTRY["eval_bundle"] = assets.Asset(f"{s.url}/b.zip", hashlib.sha256(buf.getvalue()).hexdigest(),
                                                       "test", unzip=True, marker="core.yaml")
         p = assets.asset("eval_bundle")
-    assert p == sandbox / "cache" / "eval_bundle"
+    assert p == box / "cache" / "eval_bundle"
     assert (p / "core.yaml").exists() and (p / "eval_data" / "t" / "a.jsonl").exists()
     assert assets.asset("eval_bundle") == p
 
 
-def test_offline_gives_one_line_naming_asset_url_and_place(sandbox):
+def test_offline_gives_one_line_naming_asset_url_and_place(tmp_path, monkeypatch):
+    box = sandbox(tmp_path, monkeypatch)
     assets.REGISTRY["text/far.txt"] = assets.Asset("http://127.0.0.1:9/far.txt", "0" * 64, "test")   # nothing listens on port 9
     for kw in ({}, {"download": False}):
         with pytest.raises(FileNotFoundError) as e:
@@ -226,4 +203,4 @@ def test_offline_gives_one_line_naming_asset_url_and_place(sandbox):
     with pytest.raises(FileNotFoundError) as e:                       # not registered at all
         assets.asset("text/unknown.txt")
     assert "\n" not in str(e.value) and "data/text/unknown.txt" in str(e.value)
-    assert not (sandbox / "cache").exists() or not [p for p in (sandbox / "cache").rglob("*") if p.is_file()]   # nothing half-written
+    assert not (box / "cache").exists() or not [p for p in (box / "cache").rglob("*") if p.is_file()]   # nothing half-written

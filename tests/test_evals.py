@@ -3,9 +3,7 @@ it can be had, the full one: prompt rendering, an oracle model, the reference CO
 under torchrun, bad input, bundle and gauntlet-file downloads, the CLI on a saved checkpoint, and CORE scored
 inside a real training run."""
 import csv
-import functools
 import hashlib
-import http.server
 import json
 import math
 import os
@@ -13,14 +11,14 @@ import random
 import shutil
 import subprocess
 import sys
-import threading
 import zipfile
 from pathlib import Path
 
 import pytest
 import torch
-
+from _local_server import Server, sandbox
 from conftest import REPO, need_asset
+
 from vibenanochat import assets, evals
 from vibenanochat.config import GPTConfig
 from vibenanochat.model import GPT, save_model
@@ -211,7 +209,7 @@ def test_full_suite_reports_the_missing_file_and_labels_the_score(bundle, enc):
     res = evals.evaluate_core(Uniform(enc.n_vocab), enc, bundle, max_per_task=2)
     present = [s.label for s in evals.read_suite(bundle)[0] if (bundle / "eval_data" / s.dataset_uri).exists()]
     assert len(present) == 21 and res["label"] == "CORE-21" and res["missing"] == ["coqa"]
-    assert sorted(res["missing"]) == sorted(set(s.label for s in evals.read_suite(bundle)[0]) - set(present))
+    assert sorted(res["missing"]) == sorted({s.label for s in evals.read_suite(bundle)[0]} - set(present))
     assert list(res["tasks"]) == present
     assert res["score"] == pytest.approx(sum(r["centered"] for r in res["tasks"].values()) / len(present))
 
@@ -370,54 +368,32 @@ def test_two_processes_equal_one(tmp_path, bundle):
 
 # ------------------------------------------------------------------ bundle and gauntlet downloads
 
-class Server:
-    "A real HTTP server on 127.0.0.1 serving a folder."
-    def __init__(self, folder: Path):
-        handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
-        handler.log_message = lambda *a: None
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-    def __enter__(self):
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-        return self
-    def __exit__(self, *a):
-        self.httpd.shutdown(); self.httpd.server_close()
-
-
-@pytest.fixture
-def sandbox(tmp_path, monkeypatch):
-    "No bundle on the search path, an empty cache, and a registry the test may point at a local server."
-    monkeypatch.setenv("VNC_DATA_DIR", str(tmp_path / "nothing"))
-    monkeypatch.setenv("VNC_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(assets, "REGISTRY", dict(assets.REGISTRY))
-    return tmp_path
-
-
-def test_bundle_is_downloaded_unpacked_and_found(sandbox):
-    src = write_bundle(sandbox / "src" / "eval_bundle", {"mc": ("multiple_choice", 0, " ", 50, [{"query": "a", "choices": ["b", "c"], "gold": 0}])})
-    zpath = sandbox / "srv" / "eval_bundle.zip"
+def test_bundle_is_downloaded_unpacked_and_found(tmp_path, monkeypatch):
+    box = sandbox(tmp_path, monkeypatch)
+    src = write_bundle(box / "src" / "eval_bundle", {"mc": ("multiple_choice", 0, " ", 50, [{"query": "a", "choices": ["b", "c"], "gold": 0}])})
+    zpath = box / "srv" / "eval_bundle.zip"
     zpath.parent.mkdir()
     with zipfile.ZipFile(zpath, "w") as z:      # the zip nests everything under eval_bundle/, like nanochat's
         for p in src.rglob("*"): z.write(p, p.relative_to(src.parent))
     with Server(zpath.parent) as s:
         assets.REGISTRY[evals.BUNDLE_ASSET] = assets.Asset(f"{s.url}/eval_bundle.zip", None, "test", unzip=True, marker="core.yaml")
         got = evals.find_bundle()
-    assert got == sandbox / "cache" / "eval_bundle" and (got / "eval_data" / "t" / "mc.jsonl").exists()
+    assert got == box / "cache" / "eval_bundle" and (got / "eval_data" / "t" / "mc.jsonl").exists()
     assert evals.find_bundle() == got                       # found now: no second download (the server is gone)
     assert evals.find_bundle(evals.BUNDLE_ASSET) == got     # by name
     assert evals.find_bundle(evals.MINI_BUNDLE_ASSET).resolve() == REPO / "data" / "eval_bundle_mini"
     with pytest.raises(FileNotFoundError, match="has no core.yaml: pass --bundle"):
-        evals.find_bundle(sandbox / "nowhere")
+        evals.find_bundle(box / "nowhere")
 
 
-def test_gauntlet_file_missing_from_the_bundle_is_fetched_checked_or_named(sandbox, enc):
+def test_gauntlet_file_missing_from_the_bundle_is_fetched_checked_or_named(tmp_path, monkeypatch, enc):
+    box = sandbox(tmp_path, monkeypatch)
     # nanochat's zip: core.yaml and the CORE files only, no gauntlet.yaml, no gauntlet task files
     mini = evals.find_bundle(evals.MINI_BUNDLE_ASSET)
-    b = sandbox / "zip_bundle"
+    b = box / "zip_bundle"
     (b / "eval_data").mkdir(parents=True)
     for name in ("core.yaml", "eval_meta_data.csv"): shutil.copy(mini / name, b / name)
-    served = sandbox / "srv" / "siqa.jsonl"
+    served = box / "srv" / "siqa.jsonl"
     served.parent.mkdir()
     served.write_bytes((mini / "eval_data" / "commonsense_reasoning" / "siqa.jsonl").read_bytes())
     name = f"{evals.GAUNTLET_ASSET}/commonsense_reasoning/siqa.jsonl"
@@ -426,7 +402,7 @@ def test_gauntlet_file_missing_from_the_bundle_is_fetched_checked_or_named(sandb
         res = evals.evaluate_core(Uniform(enc.n_vocab), enc, b, tasks=["siqa"], suite="gauntlet")
         assert res["label"] == "GAUNTLET-1" and res["tasks"]["siqa"]["examples"] == 100
         assert res["tasks"]["siqa"]["accuracy"] == pytest.approx(gold_zero_share(mini, "siqa", "gauntlet")[0], abs=1e-6)
-        assert (sandbox / "cache" / name).read_bytes() == served.read_bytes()
+        assert (box / "cache" / name).read_bytes() == served.read_bytes()
         # a file that is not the pinned one is refused: one line naming the asset and its URL
         other = f"{evals.GAUNTLET_ASSET}/world_knowledge/bigbench_misconceptions.jsonl"
         assets.REGISTRY[other] = assets.Asset(f"{s.url}/siqa.jsonl", "0" * 64, "test")
@@ -434,7 +410,7 @@ def test_gauntlet_file_missing_from_the_bundle_is_fetched_checked_or_named(sandb
             evals.evaluate_core(Uniform(enc.n_vocab), enc, b, tasks=["bigbench_misconceptions"], suite="gauntlet")
     msg = str(e.value)
     assert "\n" not in msg and other in msg and f"{s.url}/siqa.jsonl" in msg, msg
-    assert not (sandbox / "cache" / other).exists()
+    assert not (box / "cache" / other).exists()
     # offline: the same kind of line
     assets.REGISTRY[other] = assets.Asset("http://127.0.0.1:9/bigbench_misconceptions.jsonl", "0" * 64, "test")
     with pytest.raises(FileNotFoundError, match="bigbench_misconceptions.jsonl.*127.0.0.1:9"):
