@@ -9,6 +9,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import plumbing
+
 # %% auto #0
 __all__ = ['DATA_ENV', 'CACHE_ENV', 'REGISTRY', 'LLM_FOUNDRY', 'GAUNTLET_FILES', 'repo_data_dir', 'data_dirs', 'cache_dir',
            'Asset', 'find_local', 'asset']
@@ -123,6 +125,7 @@ def _where(name: str) -> str:
 def _download(name: str) -> Path:
     "Download registered asset `name` (or every registered file under folder `name`) into the cache."
     import pooch
+    pooch.get_logger().setLevel("WARNING")    # its "Downloading ..." line would make an offline error two lines
     parts = {k: v for k, v in REGISTRY.items() if k == name or k.startswith(name + "/")}
     dest = cache_dir() / name
     for key, entry in parts.items():
@@ -133,7 +136,7 @@ def _download(name: str) -> Path:
                            processor=pooch.Unzip(extract_dir=tmp.name), progressbar=True)
             marker = sorted(tmp.rglob(entry.marker), key=lambda p: len(p.parts))
             if not marker: raise ValueError(f"{entry.url} does not hold {entry.marker}: not the {name} archive")
-            marker[0].parent.rename(target)    # the unpacked top folder becomes the asset (pooch unpacked it atomically)
+            plumbing.publish_dir(marker[0].parent, target)   # the unpacked top folder becomes the asset
         elif not target.exists():
             pooch.retrieve(entry.url, known_hash=entry.sha256, fname=target.name, path=target.parent, progressbar=False)
     return dest
