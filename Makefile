@@ -13,7 +13,7 @@ DEMO_TOKENS ?= 3000000
 DEMO_TRAIN ?= --depth 4 --seq-len 256 --device-batch-size 8 --total-batch-size 4096 --target-flops 6e12 \
   --eval-every 20 --eval-tokens 32768 --sample-every 1000 --save-every 20 --log-every 5
 
-.PHONY: help install chromium demo data train ddp-train eval run-scaling-law gpu-status kill-gpu test export check-export lab clean-nbs
+.PHONY: help install environment format chromium demo data train ddp-train eval run-scaling-law gpu-status kill-gpu test export check-export lab clean-nbs
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-14s %s\n", $$1, $$2}'
@@ -25,6 +25,12 @@ $(STAMP): settings.ini setup.py
 	@touch $(STAMP)
 
 install: $(STAMP) ## create .venv and install the package with its dev extras
+
+environment: $(STAMP) ## the install step: .venv with the package, its dev extras and the notebook tools
+
+format: $(STAMP) ## ruff formats the chapters (it reads .ipynb) and the tests, then nbdev_export regenerates the library
+	$(VENV)/bin/ruff format nbs tests bench
+	$(VENV)/bin/nbdev_export
 
 demo: $(STAMP) ## the main job on its embedded default: data, a small model trained for a few minutes, samples
 	$(PY) -m vibenanochat.data $(or $(DATA),auto) --out $(DEMO_DATA) --tokenizer auto --max-tokens $(DEMO_TOKENS)
@@ -46,7 +52,7 @@ eval: $(STAMP) ## CORE on a checkpoint: make eval CKPT=logs/demo ARGS="--max-per
 	$(PY) -m vibenanochat.evals --checkpoint $(or $(CKPT),$$(ls -d logs/demo/checkpoints/step_* | tail -1)) $(ARGS)
 
 run-scaling-law: $(STAMP) ## depth x FLOP-budget sweep, then its fits and plots (SCALE=cpu: a tiny sweep on 2 CPU cores)
-	$(PY) -m vibenanochat.scaling sweep --scale $(SCALE) --ngpus $(if $(filter cpu,$(SCALE)),1,$(NGPUS)) $(ARGS)
+	$(PY) -m vibenanochat.sweep sweep --scale $(SCALE) --ngpus $(if $(filter cpu,$(SCALE)),1,$(NGPUS)) $(ARGS)
 
 gpu-status: ## GPUs, their memory, and this project's training processes on them
 	@command -v nvidia-smi >/dev/null || { echo "no NVIDIA GPU here (nvidia-smi not found)"; exit 0; }; \

@@ -113,8 +113,8 @@ def test_load_checkpoint_picks_latest_step_and_its_tokenizer(run_dir, enc):
     assert meta10["step"] == 10
 
 
-def test_load_checkpoint_gpt2_spec(tmp_path, monkeypatch):
-    monkeypatch.setenv("VNC_TOKENIZER_DIR", str(need_asset("tokenizers/gpt2")))
+def test_load_checkpoint_gpt2_spec(tmp_path):
+    need_asset("tokenizers/gpt2")                       # meta says "gpt2": loaded from this asset
     checkpoint.save_model(tiny_gpt(seed=0, vocab_size=50257, depth=1), tmp_path / "a", dict(tokenizer="gpt2"))
     _, enc, _ = load(tmp_path / "a")
     assert enc.n_vocab == 50257

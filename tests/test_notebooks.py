@@ -10,6 +10,6 @@ NBS = sorted(p for p in (Path(__file__).resolve().parents[1] / "nbs").glob("*.ip
 
 @pytest.mark.parametrize("nb", NBS, ids=[p.stem for p in NBS])
 def test_notebook(nb: Path):
-    skip = get_config().tst_flags.split("|")
+    skip = get_config().tst_flags.split()
     ok, secs = run_notebook(nb, skip_flags=skip, showerr=True)
     assert ok, f"{nb.name} failed under nbdev's test runner (see the traceback above)"
