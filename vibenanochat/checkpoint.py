@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 from pathlib import Path
@@ -68,8 +67,7 @@ def save_checkpoint(run_dir: str | Path, step: int, model: GPT, optimizer, loade
         if enc is not None: tokenizer.save_tokenizer(enc, tmp / TOKENIZER)
     _barrier()
     if rank == 0:
-        if final.exists(): shutil.rmtree(final)
-        os.replace(tmp, final)
+        plumbing.publish_dir(tmp, final)    # one rename: step_N appears complete or not at all
     _barrier()
     return final
 

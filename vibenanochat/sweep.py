@@ -17,6 +17,7 @@ from pathlib import Path
 
 from fastcore.script import Param, call_parse, store_true
 
+import vibenanochat.checkpoint as checkpoint
 import vibenanochat.config as config
 import vibenanochat.plumbing as plumbing
 import vibenanochat.scaling as scaling
@@ -68,8 +69,7 @@ def torchrun_conflicts(args) -> list[str]:
 
 def has_checkpoint(run_dir) -> bool:
     "Does the run folder hold a complete checkpoint (an interrupted run the trainer can resume)?"
-    # TODO(lead): checkpoint.latest_checkpoint(run_dir) is not None
-    return any(p.is_dir() and not p.name.endswith(".tmp") for p in (Path(run_dir) / "checkpoints").glob("step_*"))
+    return checkpoint.latest_checkpoint(run_dir) is not None
 
 def train_command(spec: RunSpec, log_dir, ngpus: int = 1, extra=(), module: str = "vibenanochat.train") -> list[str]:
     "The command that trains one run: `python -m MODULE ...`, or torchrun with `ngpus` processes; resumes from a checkpoint."

@@ -240,6 +240,10 @@ def _train(tc: TrainConfig, d: Dist) -> dict:
     cfg = GPTConfig.from_depth(tc.depth, vocab_size=enc.n_vocab, seq_len=tc.seq_len, window_pattern=tc.window_pattern,
                                value_embeds=tc.value_embeds, layer_scalars=tc.layer_scalars)
     plan = plan_run(tc, cfg, d.world_size)
+    core_bundle = None
+    if tc.core_every > 0:   # find (or download) the bundle and read its task list now, not at the first evaluation
+        core_bundle = evals.find_bundle(tc.core_bundle or None)
+        evals.read_suite(core_bundle)
     num_steps, batch_tokens, grad_accum = plan["num_steps"], tc.total_batch_size, plan["grad_accum"]
     run_dir = Path(tc.log_dir) / tc.run_name
 
@@ -334,7 +338,7 @@ def _train(tc: TrainConfig, d: Dist) -> dict:
                 if d.master: bar.write(f"step {step}: val bpb {loop['val_bpb']:.4f}")
             if do_core:
                 with autocast(d.device, dtype):
-                    res = evals.evaluate_core(model, enc, tc.core_bundle or None, max_per_task=tc.core_max_per_task, device=d.device)
+                    res = evals.evaluate_core(model, enc, core_bundle, max_per_task=tc.core_max_per_task, device=d.device)
                 loop["core"] = res["score"]
                 log.write(step=step, core=res["score"], core_label=res["label"], core_tasks={k: v["centered"] for k, v in res["tasks"].items()})
                 if d.master: bar.write(f"step {step}: {res['label']} {res['score']:.4f}")
