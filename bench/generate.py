@@ -14,6 +14,7 @@ import time
 import torch
 
 import vibenanochat.generate as G
+import vibenanochat.plumbing as plumbing
 from vibenanochat.config import GPTConfig
 from vibenanochat.model import GPT
 
@@ -27,7 +28,7 @@ def timed(fn, device: str) -> float:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--device", default=G.default_device())
+    ap.add_argument("--device", default=plumbing.default_device())
     ap.add_argument("--depth", type=int, default=None, help="model depth (default: 12 on cuda, else 4)")
     ap.add_argument("--seq_len", type=int, default=1024, help="training context; the RoPE table holds 10x this")
     ap.add_argument("--prompt_len", type=int, default=16)

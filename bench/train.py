@@ -12,6 +12,7 @@ import time
 import torch
 
 import vibenanochat.distmuon as distmuon
+import vibenanochat.plumbing as plumbing
 import vibenanochat.trainer as trainer
 from vibenanochat.config import GPTConfig
 from vibenanochat.model import GPT
@@ -37,7 +38,8 @@ def bench(depth: int, seq_len: int, batch: int, steps: int, compile: bool, devic
 
 
 def main():
-    cuda = torch.cuda.is_available()
+    device = plumbing.process_device("auto")
+    cuda = device.type == "cuda"
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--depths", type=int, nargs="+", default=[4, 8, 12])
     p.add_argument("--seq-len", type=int, default=1024 if cuda else 256)
@@ -45,9 +47,8 @@ def main():
     p.add_argument("--steps", type=int, default=20 if cuda else 3)
     p.add_argument("--compile", choices=["both", "on", "off"], default="both" if cuda else "off")
     a = p.parse_args()
-    device = torch.device("cuda" if cuda else "cpu")
     dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float32
-    name = torch.cuda.get_device_name() if cuda else f"CPU ({torch.get_num_threads()} threads)"
+    name = torch.cuda.get_device_name() if cuda else f"{device.type} ({torch.get_num_threads()} CPU threads)"
     print(f"device {name}, dtype {str(dtype).removeprefix('torch.')}, seq {a.seq_len}, batch {a.batch}, {a.steps} timed steps")
     print(f"{'depth':>5} {'compile':>7} {'tok/s':>12} {'MFU %':>7}")
     for depth in a.depths:

@@ -16,10 +16,6 @@ def need_asset(name: str) -> Path:
         pytest.skip(f"needs the downloadable asset {name}: {e}")
 
 
-def need_shared(*parts: str) -> Path:   # TODO(lead): remove once every test uses need_asset
-    return need_asset("/".join(parts))
-
-
 # ---------------------------------------------------------------- shared helpers: processes, tokenizers, checkpoints
 import inspect
 import os

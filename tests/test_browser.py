@@ -4,7 +4,6 @@ The test writes a tiny checkpoint and a one-cell notebook into a temporary folde
 port with a random token, opens the notebook, runs it, clicks Generate and reads the streamed text back from the
 page. The server (and every process it started) is always stopped. Chromium comes from Debian (`apt-get install
 chromium`, which `make test` does); without it the test skips and says so."""
-import inspect
 import os
 import secrets
 import shutil
@@ -18,12 +17,10 @@ from pathlib import Path
 
 import nbformat
 import pytest
-import torch
+from conftest import small_bpe, tiny_checkpoint
 
+import vibenanochat.checkpoint as checkpoint
 import vibenanochat.generate as G
-from vibenanochat.config import GPTConfig
-from vibenanochat.model import GPT, save_model
-from vibenanochat.tokenizer import save_tokenizer, train_tokenizer
 
 CHROME_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                "--disable-component-update", "--disable-sync", "--no-first-run"]
@@ -79,19 +76,6 @@ def alive(pid: int) -> bool:
     except OSError: return False
 
 
-def tiny_checkpoint(folder: Path):
-    "A depth-1 GPT with spread logits and a 300-token BPE, saved the way the trainer saves checkpoints."
-    text = "\n\n".join(inspect.getdoc(o) or "" for o in (str, list, dict, set, sorted, zip, map, open, print))
-    enc = train_tokenizer([text] * 3, vocab_size=300, name="browserbpe")
-    torch.manual_seed(0)
-    m = GPT(GPTConfig.from_depth(1, vocab_size=enc.n_vocab, seq_len=64))
-    with torch.no_grad():
-        m.blocks[0].attn.c_proj.weight.normal_(std=0.1); m.blocks[0].mlp.c_proj.weight.normal_(std=0.1)
-        m.lm_head.weight.normal_(std=0.5)
-    ckpt = save_model(m, folder / "checkpoints" / "step_000001", dict(step=1, tokenizer="tokenizer.json"))
-    save_tokenizer(enc, ckpt / "tokenizer.json")
-
-
 def visible_text(s: str) -> str:
     "What survives HTML's text model: CR becomes LF, NUL becomes U+FFFD, other control characters are dropped."
     s = s.replace("\r\n", "\n").replace("\r", "\n").replace("\0", "\ufffd")
@@ -104,14 +88,15 @@ def test_widget_generates_in_a_real_browser(tmp_path):
     api = pytest.importorskip("playwright.sync_api", reason="the playwright package is missing")
     sync_playwright, PlaywrightTimeout = api.sync_playwright, api.TimeoutError
     work = tmp_path / "lab"; work.mkdir()
-    tiny_checkpoint(work / "run")
+    # a depth-1 GPT with spread logits and a 300-token BPE, in a run folder laid out the way the trainer writes one
+    tiny_checkpoint(checkpoint.step_dir(work / "run", 1), small_bpe(300, "browserbpe"))
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
         "from vibenanochat.generate import GenerationWidget\n"
         f"w = GenerationWidget.from_checkpoint('run', device='cpu', prompt={PROMPT!r}, max_tokens={MAX_TOKENS}, temperature=0.0)\n"
         "w")])
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
     nbformat.write(nb, work / "demo.ipynb")
-    model, enc, _ = G.load_checkpoint(work / "run")
+    model, enc, _ = checkpoint.load_model_and_tokenizer(work / "run")
     expected = G.generate(model, enc, PROMPT, MAX_TOKENS, temperature=0.0)[0]
     assert expected
 

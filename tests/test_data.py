@@ -28,11 +28,6 @@ DEAD = "http://127.0.0.1:9"  # nothing listens there: connections are refused at
 OFFLINE = dict(HTTPS_PROXY=DEAD, HTTP_PROXY=DEAD, https_proxy=DEAD, http_proxy=DEAD)
 
 
-@pytest.fixture(scope="module")
-def gpt2():
-    return get_tokenizer(need_asset("tokenizers/gpt2"))
-
-
 def docs_of(folder: Path) -> list[np.ndarray]:
     m = data.load_manifest(folder)
     return [d for f in m["train_shards"] + [m["val_shard"]] for d in data.read_shard(folder / f)]

@@ -2,18 +2,15 @@
 prefetch thread, through JSON and torch.save), the validation pass, refusals, and torchrun."""
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
 
-from conftest import need_asset
+from conftest import need_asset, torchrun
 import vibenanochat.data as data
 from vibenanochat.dataloader import DataLoader
-from vibenanochat.tokenizer import get_tokenizer
 
 
 def pieces_jsonl(path, n=None):
@@ -24,24 +21,22 @@ def pieces_jsonl(path, n=None):
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
+def corpus(tmp_path_factory, gpt2):
     "Tiny Shakespeare's speeches plus the play in pieces, in small shards: short and long documents, many row groups."
-    enc = get_tokenizer(need_asset("tokenizers/gpt2"))
     d = tmp_path_factory.mktemp("dl") / "mix"
     src = tmp_path_factory.mktemp("src")
     os.symlink(need_asset("text/tiny_shakespeare_input.txt"), src / "a.txt")
     pieces_jsonl(src / "b.jsonl")
-    data.prepare(str(src), d, enc, split="blank", shard_docs=1024, val_docs=300, window_docs=4096, progress=False)
+    data.prepare(str(src), d, gpt2, split="blank", shard_docs=1024, val_docs=300, window_docs=4096, progress=False)
     return d
 
 
 @pytest.fixture(scope="module")
-def small(tmp_path_factory):
+def small(tmp_path_factory, gpt2):
     "150 pieces of the play (about 80 k tokens) in shards of 32: a loader wraps its epochs quickly."
-    enc = get_tokenizer(need_asset("tokenizers/gpt2"))
     d = tmp_path_factory.mktemp("dl") / "small"
     src = pieces_jsonl(tmp_path_factory.mktemp("src") / "pieces.jsonl", 150)
-    data.prepare(str(src), d, enc, shard_docs=32, val_docs=16, window_docs=512, progress=False)
+    data.prepare(str(src), d, gpt2, shard_docs=32, val_docs=16, window_docs=512, progress=False)
     return d
 
 
@@ -211,6 +206,5 @@ dist.destroy_process_group()
 def test_torchrun_two_ranks(corpus, tmp_path):
     script = tmp_path / "run.py"
     script.write_text(TORCHRUN)
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                        str(script), str(corpus)], capture_output=True, text=True, timeout=300)
+    r = torchrun(2, script, corpus, timeout=300)
     assert r.returncode == 0 and "ok 2" in r.stdout, r.stderr[-3000:]

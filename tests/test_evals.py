@@ -17,17 +17,12 @@ from pathlib import Path
 import pytest
 import torch
 from _local_server import Server, sandbox
-from conftest import REPO, need_asset
+from conftest import REPO, need_asset, tiny_checkpoint, torchrun
 
 from vibenanochat import assets, evals
 from vibenanochat.config import GPTConfig
-from vibenanochat.model import GPT, save_model
-from vibenanochat.tokenizer import bos_id, get_tokenizer, save_tokenizer, token_bytes
-
-
-@pytest.fixture(scope="module")
-def enc():
-    return get_tokenizer(need_asset("tokenizers/gpt2"))
+from vibenanochat.model import GPT
+from vibenanochat.tokenizer import bos_id, token_bytes
 
 
 @pytest.fixture(scope="module")
@@ -86,26 +81,26 @@ def test_render_language_modeling_trims_and_strips():
     assert full == "Capital of Peru?\nAnswer: Lima\n\nCapital of Chad?\nAnswer: N'Djamena\n\nCapital of Laos?\nAnswer: Vientiane"
 
 
-def test_fewshot_examples_use_the_published_seed(enc):
+def test_fewshot_examples_use_the_published_seed(gpt2):
     data = [{"context": f"Fact {i}:", "continuation": f"v{i}"} for i in range(5)]
     # random.Random(1234 + 2).sample([0, 1, 3, 4], 2) == [4, 3]: the draw nanochat makes for example 2
     assert evals.fewshot_indices(5, 2, 2) == [4, 3]
     spec = evals.TaskSpec("t", "t.jsonl", "language_modeling", 2, " ")
-    seqs, spans = evals.prepare_example(data, 2, spec, enc, None)
-    assert enc.decode(seqs[0]) == "<|endoftext|>Fact 4: v4\n\nFact 3: v3\n\nFact 2: v2"
-    assert enc.decode(seqs[0][spans[0][0]:spans[0][1]]) == " v2"
+    seqs, spans = evals.prepare_example(data, 2, spec, gpt2, None)
+    assert gpt2.decode(seqs[0]) == "<|endoftext|>Fact 4: v4\n\nFact 3: v3\n\nFact 2: v2"
+    assert gpt2.decode(seqs[0][spans[0][0]:spans[0][1]]) == " v2"
     for n, k in [(7, 3), (40, 10), (11, 10)]:
         for idx in range(n):
             assert evals.fewshot_indices(n, idx, k) == random.Random(1234 + idx).sample([i for i in range(n) if i != idx], k)
 
 
-def test_spans_bos_first_and_left_crop(enc):
+def test_spans_bos_first_and_left_crop(gpt2):
     spec = evals.TaskSpec("t", "t.jsonl", "multiple_choice", 0, "\nAnswer: ")
     item = [{"query": "Which is a colour?", "choices": ["red", "tree"], "gold": 0}]
-    seqs, spans = evals.prepare_example(item, 0, spec, enc, None)
-    assert all(s[0] == bos_id(enc) for s in seqs)
-    assert [enc.decode(s[a:b]) for s, (a, b) in zip(seqs, spans)] == [" red", " tree"]
-    short, sp = evals.prepare_example(item, 0, spec, enc, 4)   # a context of 4 tokens keeps the last 4
+    seqs, spans = evals.prepare_example(item, 0, spec, gpt2, None)
+    assert all(s[0] == bos_id(gpt2) for s in seqs)
+    assert [gpt2.decode(s[a:b]) for s, (a, b) in zip(seqs, spans)] == [" red", " tree"]
+    short, sp = evals.prepare_example(item, 0, spec, gpt2, 4)   # a context of 4 tokens keeps the last 4
     assert all(len(s) == 4 for s in short)
     assert [s[a:b] for s, (a, b) in zip(short, sp)] == [s[a:b] for s, (a, b) in zip(seqs, spans)]
 
@@ -161,22 +156,22 @@ def known_sequences(bundle, enc, labels, max_per_task, which="gold"):
     return out
 
 
-def test_oracle_scores_100_percent_on_every_task_type(bundle, enc):
+def test_oracle_scores_100_percent_on_every_task_type(bundle, gpt2):
     labels = ["copa", "hellaswag_zeroshot", "arc_easy", "winograd", "winogrande", "lambada_openai", "jeopardy", "bigbench_qa_wikidata"]
     n = {"arc_easy": 6, "jeopardy": 6, "bigbench_qa_wikidata": 12}
     for group in (["arc_easy"], ["jeopardy"], ["bigbench_qa_wikidata"], [l for l in labels if l not in n]):
         m = max(n.get(l, 20) for l in group)
-        oracle = NgramOracle(known_sequences(bundle, enc, group, m), enc.n_vocab, max_seq_len=300)  # 10-shot prompts get cropped
-        res = evals.evaluate_core(oracle, enc, bundle, max_per_task=m, tasks=group, batch_tokens=2048)
+        oracle = NgramOracle(known_sequences(bundle, gpt2, group, m), gpt2.n_vocab, max_seq_len=300)  # 10-shot prompts get cropped
+        res = evals.evaluate_core(oracle, gpt2, bundle, max_per_task=m, tasks=group, batch_tokens=2048)
         for label in group:
             assert res["tasks"][label]["accuracy"] == 1.0, (label, res["tasks"][label])
             assert res["tasks"][label]["centered"] == 1.0
 
 
-def test_oracle_of_the_wrong_answer_scores_zero(bundle, enc):
+def test_oracle_of_the_wrong_answer_scores_zero(bundle, gpt2):
     labels = ["copa", "winograd"]
-    oracle = NgramOracle(known_sequences(bundle, enc, labels, 20, which="wrong"), enc.n_vocab)
-    res = evals.evaluate_core(oracle, enc, bundle, max_per_task=20, tasks=labels)
+    oracle = NgramOracle(known_sequences(bundle, gpt2, labels, 20, which="wrong"), gpt2.n_vocab)
+    res = evals.evaluate_core(oracle, gpt2, bundle, max_per_task=20, tasks=labels)
     assert all(r["accuracy"] == 0.0 for r in res["tasks"].values())
 
 
@@ -200,13 +195,13 @@ def check_uniform(bundle, enc, labels):
     return res
 
 
-def test_uniform_model_scores_the_share_of_gold_zero(bundle, enc):
-    res = check_uniform(bundle, enc, ["openbook_qa", "copa", "winograd"])
+def test_uniform_model_scores_the_share_of_gold_zero(bundle, gpt2):
+    res = check_uniform(bundle, gpt2, ["openbook_qa", "copa", "winograd"])
     assert 0.1 < res["tasks"]["openbook_qa"]["accuracy"] < 0.45     # a real mix, near the 25 % baseline
 
 
-def test_full_suite_reports_the_missing_file_and_labels_the_score(bundle, enc):
-    res = evals.evaluate_core(Uniform(enc.n_vocab), enc, bundle, max_per_task=2)
+def test_full_suite_reports_the_missing_file_and_labels_the_score(bundle, gpt2):
+    res = evals.evaluate_core(Uniform(gpt2.n_vocab), gpt2, bundle, max_per_task=2)
     present = [s.label for s in evals.read_suite(bundle)[0] if (bundle / "eval_data" / s.dataset_uri).exists()]
     assert len(present) == 21 and res["label"] == "CORE-21" and res["missing"] == ["coqa"]
     assert sorted(res["missing"]) == sorted({s.label for s in evals.read_suite(bundle)[0]} - set(present))
@@ -214,7 +209,7 @@ def test_full_suite_reports_the_missing_file_and_labels_the_score(bundle, enc):
     assert res["score"] == pytest.approx(sum(r["centered"] for r in res["tasks"].values()) / len(present))
 
 
-def test_full_bundle_every_core_file_loads_and_the_uniform_model_is_exact(full_bundle, enc):
+def test_full_bundle_every_core_file_loads_and_the_uniform_model_is_exact(full_bundle, gpt2):
     specs, skipped = evals.read_suite(full_bundle)
     assert len(specs) == 22 and not skipped
     for s in specs:      # every record of every present file is well-formed, and the mini bundle is a subset of it
@@ -223,7 +218,7 @@ def test_full_bundle_every_core_file_loads_and_the_uniform_model_is_exact(full_b
         rows = evals.load_jsonl(path, s.task_type)
         mini = evals.find_bundle(evals.MINI_BUNDLE_ASSET) / "eval_data" / s.dataset_uri
         assert len(mini.read_text(encoding="utf-8").splitlines()) == min(100, len(rows)), s.label
-    check_uniform(full_bundle, enc, ["copa", "openbook_qa"])
+    check_uniform(full_bundle, gpt2, ["copa", "openbook_qa"])
 
 
 def test_full_bundle_gauntlet_files_resolve(full_bundle):
@@ -257,7 +252,7 @@ def test_centered_and_core_reproduce_the_reference_csvs(bundle):
 
 # ------------------------------------------------------------------ bad input
 
-def test_bad_records_and_task_types_name_file_and_line(tmp_path, enc):
+def test_bad_records_and_task_types_name_file_and_line(tmp_path, gpt2):
     good = [{"query": "a", "choices": ["b", "c"], "gold": 0}]
     cases = [
         ('{"query": "a", "choices": ["b", "c"], "gold": 0}\n{"query": "a", "choices": ["b"\n', ":2: not valid JSON"),
@@ -271,12 +266,12 @@ def test_bad_records_and_task_types_name_file_and_line(tmp_path, enc):
         path = root / "eval_data" / "t" / "mc.jsonl"
         path.write_text(text)
         with pytest.raises(ValueError) as e:
-            evals.evaluate_core(Uniform(enc.n_vocab), enc, root)
+            evals.evaluate_core(Uniform(gpt2.n_vocab), gpt2, root)
         assert str(e.value).startswith(f"{path}{msg}"), str(e.value)
     for ttype, field in [("schema", "'context_options'"), ("language_modeling", "'continuation'")]:
         root = write_bundle(tmp_path / ttype, {"t1": (ttype, 0, " ", 0, [{"context": "x", "gold": 0}])})
         with pytest.raises(ValueError, match=f"t1.jsonl:1: {ttype} record is missing .*{field}"):
-            evals.evaluate_core(Uniform(enc.n_vocab), enc, root)
+            evals.evaluate_core(Uniform(gpt2.n_vocab), gpt2, root)
     # an unknown task type is an error naming the yaml file and the line of its entry
     root = write_bundle(tmp_path / "unknown", {"mc": ("multiple_choice", 0, " ", 50, good), "odd": ("ranking", 0, " ", 0, good)})
     with pytest.raises(ValueError) as e:
@@ -285,29 +280,29 @@ def test_bad_records_and_task_types_name_file_and_line(tmp_path, enc):
     assert (root / "core.yaml").read_text().splitlines()[8] == "  label: odd"
     # a known generation type is skipped with a reason, not silently dropped
     root = write_bundle(tmp_path / "gen", {"mc": ("multiple_choice", 0, " ", 50, good), "gen": ("generation_task_with_answers", 0, " ", 0, None)})
-    res = evals.evaluate_core(Uniform(enc.n_vocab), enc, root)
+    res = evals.evaluate_core(Uniform(gpt2.n_vocab), gpt2, root)
     assert list(res["tasks"]) == ["mc"] and "gen" in res["skipped"]
     with pytest.raises(ValueError, match="unknown task.*nope.*choose from: mc"):
-        evals.evaluate_core(Uniform(enc.n_vocab), enc, root, tasks="mc,nope")
+        evals.evaluate_core(Uniform(gpt2.n_vocab), gpt2, root, tasks="mc,nope")
 
 
-def test_missing_file_is_left_out_and_the_label_says_so(tmp_path, enc):
+def test_missing_file_is_left_out_and_the_label_says_so(tmp_path, gpt2):
     mc = [{"query": f"{i} +1 =", "choices": [str(i + 1), str(i + 2)], "gold": 0} for i in range(10)]
     lm = [{"context": f"{i} +1 =", "continuation": str(i + 1)} for i in range(10)]
     root = write_bundle(tmp_path / "b", {"mc": ("multiple_choice", 2, " ", 50, mc), "gone": ("language_modeling", 0, " ", 0, None),
                                          "lm": ("language_modeling", 3, " ", 0, lm)})
-    res = evals.evaluate_core(Uniform(enc.n_vocab), enc, root, max_per_task=4)
+    res = evals.evaluate_core(Uniform(gpt2.n_vocab), gpt2, root, max_per_task=4)
     assert res["missing"] == ["gone"] and list(res["tasks"]) == ["mc", "lm"] and res["label"] == "CORE-2"
     assert res["tasks"]["mc"]["examples"] == 4 and "gone" in evals.format_table(res)
 
 
 # ------------------------------------------------------------------ bits per byte
 
-def test_bpb_matches_a_naive_loop(enc):
+def test_bpb_matches_a_naive_loop(gpt2):
     torch.manual_seed(0)
-    m = GPT(GPTConfig.from_depth(1, vocab_size=enc.n_vocab, seq_len=32)).eval()
-    tb = token_bytes(enc)
-    ids = torch.tensor([bos_id(enc)] + enc.encode_ordinary("Bits per byte does not care how the text was cut into tokens. " * 8))
+    m = GPT(GPTConfig.from_depth(1, vocab_size=gpt2.n_vocab, seq_len=32)).eval()
+    tb = token_bytes(gpt2)
+    ids = torch.tensor([bos_id(gpt2)] + gpt2.encode_ordinary("Bits per byte does not care how the text was cut into tokens. " * 8))
     x, y = ids[:96].view(3, 32), ids[1:97].clone().view(3, 32)
     y[0, :4] = -1
     nats = nbytes = 0.0
@@ -350,15 +345,13 @@ dist.destroy_process_group()
 
 
 def test_two_processes_equal_one(tmp_path, bundle):
-    gpt2, text = need_asset("tokenizers/gpt2"), need_asset("text/tiny_shakespeare_input.txt")
+    gpt2_files, text = need_asset("tokenizers/gpt2"), need_asset("text/tiny_shakespeare_input.txt")
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
-    env = dict(os.environ, OMP_NUM_THREADS="1")
     out = {}
     for k in (1, 2):
         out[k] = tmp_path / f"out{k}.json"
-        r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={k}", str(script),
-                            str(gpt2), str(bundle), str(out[k]), str(text)], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        r = torchrun(k, script, gpt2_files, bundle, out[k], text, cwd=tmp_path, timeout=300)
         assert r.returncode == 0, r.stderr[-3000:]
     one, two = (json.loads(out[k].read_text()) for k in (1, 2))
     assert one["acc"] == two["acc"] and one["copa"] == two["copa"] and one["label"] == two["label"] == "CORE-4"
@@ -386,7 +379,7 @@ def test_bundle_is_downloaded_unpacked_and_found(tmp_path, monkeypatch):
         evals.find_bundle(box / "nowhere")
 
 
-def test_gauntlet_file_missing_from_the_bundle_is_fetched_checked_or_named(tmp_path, monkeypatch, enc):
+def test_gauntlet_file_missing_from_the_bundle_is_fetched_checked_or_named(tmp_path, monkeypatch, gpt2):
     box = sandbox(tmp_path, monkeypatch)
     # nanochat's zip: core.yaml and the CORE files only, no gauntlet.yaml, no gauntlet task files
     mini = evals.find_bundle(evals.MINI_BUNDLE_ASSET)
@@ -399,7 +392,7 @@ def test_gauntlet_file_missing_from_the_bundle_is_fetched_checked_or_named(tmp_p
     name = f"{evals.GAUNTLET_ASSET}/commonsense_reasoning/siqa.jsonl"
     with Server(served.parent) as s:
         assets.REGISTRY[name] = assets.Asset(f"{s.url}/siqa.jsonl", hashlib.sha256(served.read_bytes()).hexdigest(), "test")
-        res = evals.evaluate_core(Uniform(enc.n_vocab), enc, b, tasks=["siqa"], suite="gauntlet")
+        res = evals.evaluate_core(Uniform(gpt2.n_vocab), gpt2, b, tasks=["siqa"], suite="gauntlet")
         assert res["label"] == "GAUNTLET-1" and res["tasks"]["siqa"]["examples"] == 100
         assert res["tasks"]["siqa"]["accuracy"] == pytest.approx(gold_zero_share(mini, "siqa", "gauntlet")[0], abs=1e-6)
         assert (box / "cache" / name).read_bytes() == served.read_bytes()
@@ -407,32 +400,25 @@ def test_gauntlet_file_missing_from_the_bundle_is_fetched_checked_or_named(tmp_p
         other = f"{evals.GAUNTLET_ASSET}/world_knowledge/bigbench_misconceptions.jsonl"
         assets.REGISTRY[other] = assets.Asset(f"{s.url}/siqa.jsonl", "0" * 64, "test")
         with pytest.raises(FileNotFoundError) as e:
-            evals.evaluate_core(Uniform(enc.n_vocab), enc, b, tasks=["bigbench_misconceptions"], suite="gauntlet")
+            evals.evaluate_core(Uniform(gpt2.n_vocab), gpt2, b, tasks=["bigbench_misconceptions"], suite="gauntlet")
     msg = str(e.value)
     assert "\n" not in msg and other in msg and f"{s.url}/siqa.jsonl" in msg, msg
     assert not (box / "cache" / other).exists()
     # offline: the same kind of line
     assets.REGISTRY[other] = assets.Asset("http://127.0.0.1:9/bigbench_misconceptions.jsonl", "0" * 64, "test")
     with pytest.raises(FileNotFoundError, match="bigbench_misconceptions.jsonl.*127.0.0.1:9"):
-        evals.evaluate_core(Uniform(enc.n_vocab), enc, b, tasks=["bigbench_misconceptions"], suite="gauntlet")
+        evals.evaluate_core(Uniform(gpt2.n_vocab), gpt2, b, tasks=["bigbench_misconceptions"], suite="gauntlet")
 
 
 # ------------------------------------------------------------------ the CLI
 
-def _checkpoint(path: Path, enc, with_tokenizer: bool) -> Path:
-    torch.manual_seed(0)
-    m = GPT(GPTConfig.from_depth(1, vocab_size=enc.n_vocab, seq_len=64))
-    save_model(m, path, {"tokenizer": "gpt2", "step": 7})
-    if with_tokenizer: save_tokenizer(enc, path / "tokenizer.json")
-    return path
-
-
-def test_cli_on_a_saved_checkpoint_one_and_two_processes(tmp_path, bundle, enc):
-    gpt2 = need_asset("tokenizers/gpt2")
-    a = _checkpoint(tmp_path / "ckpt_a", enc, with_tokenizer=True)     # tokenizer.json inside the checkpoint
-    b = _checkpoint(tmp_path / "ckpt_b", enc, with_tokenizer=False)    # meta["tokenizer"] = "gpt2", found through VNC_TOKENIZER_DIR
-    env = {k: v for k, v in os.environ.items() if k != "VNC_TOKENIZER_DIR"}
-    env["OMP_NUM_THREADS"] = "1"
+def test_cli_on_a_saved_checkpoint_one_and_two_processes(tmp_path, bundle, gpt2):
+    def ckpt(name, with_tokenizer):    # the same random depth-1 GPT both times, step 7
+        return tiny_checkpoint(tmp_path / name, gpt2, step=7, spread=False, meta_tokenizer="gpt2", tokenizer_json=with_tokenizer)
+    a = ckpt("ckpt_a", with_tokenizer=True)     # tokenizer.json inside the checkpoint
+    b = ckpt("ckpt_b", with_tokenizer=False)    # meta["tokenizer"] = "gpt2": GPT-2's files found through the asset resolver
+    assert not (b / "tokenizer.json").exists()
+    env = dict(os.environ, OMP_NUM_THREADS="1")
     args = ["--tasks", "copa,winograd,lambada_openai", "--max-per-task", "12", "--bundle", str(bundle)]
     r = subprocess.run([sys.executable, "-m", "vibenanochat.evals", "--checkpoint", str(a), *args],
                        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
@@ -445,10 +431,8 @@ def test_cli_on_a_saved_checkpoint_one_and_two_processes(tmp_path, bundle, enc):
     assert [x[0] for x in rows] == ["task", "copa", "lambada_openai", "winograd", "CORE-3"]   # core.yaml order
     assert float(rows[1][4]) == pytest.approx(rep["tasks"]["copa"]["accuracy"], abs=1e-6)
     # the path form under torchrun, 2 ranks, report elsewhere: the same numbers
-    r2 = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                         str(REPO / "vibenanochat" / "evals.py"), "--checkpoint", str(b), *args[:-1], "eval_bundle_mini",   # the bundle by name
-                         "--out", str(tmp_path / "rep2")],
-                        cwd=tmp_path, env=dict(env, VNC_TOKENIZER_DIR=str(gpt2)), capture_output=True, text=True, timeout=300)
+    r2 = torchrun(2, REPO / "vibenanochat" / "evals.py", "--checkpoint", b, *args[:-1], "eval_bundle_mini",   # the bundle by name
+                  "--out", tmp_path / "rep2", cwd=tmp_path, timeout=300)
     assert r2.returncode == 0, r2.stderr[-3000:]
     rep2 = json.loads((tmp_path / "rep2" / "core_eval.json").read_text())
     assert rep2["world_size"] == 2

@@ -7,15 +7,14 @@ import subprocess
 import sys
 import textwrap
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import REPO, need_asset
 
 import vibenanochat.scaling as sc
 import vibenanochat.sweep as sw
 
-REPO = Path(__file__).resolve().parents[1]
 LAW = sc.CHINCHILLA
 A_TRUE = LAW["beta"] / (LAW["alpha"] + LAW["beta"])     # N_opt ∝ C^a for the Chinchilla law
 
@@ -297,7 +296,6 @@ def test_cli_sweep_plan_prints_every_command(tmp_path):
 
 def test_cli_sweep_with_the_real_trainer(tmp_path):
     "prepare_sweep_data + `sweep` through vibenanochat.train on a tiny corpus: real end lines, then skips on a rerun."
-    from conftest import need_asset
     from vibenanochat.config import GPTConfig, count_params
     text = need_asset("text/tiny_shakespeare_input.txt")
     data_dir = sw.prepare_sweep_data(tmp_path / "data", source=str(text), vocab=320, max_tokens=60_000, bpe_chars=300_000)

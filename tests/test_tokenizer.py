@@ -21,11 +21,6 @@ CORPORA = ("text/tiny_shakespeare_input.txt", "text/fineweb_edu_sample/fineweb_e
            "text/public_domain/anna_karenina_pg1399.txt")
 
 
-@pytest.fixture(scope="module")
-def gpt2():
-    return get_tokenizer(need_asset("tokenizers/gpt2"))
-
-
 def corpus_texts() -> dict[str, str]:
     "Each corpus on this machine as one string (files as they are, parquet rows joined); Tiny Shakespeare always."
     need_asset(CORPORA[0])
