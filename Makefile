@@ -52,7 +52,7 @@ eval: $(STAMP) ## CORE on a checkpoint: make eval CKPT=logs/demo ARGS="--max-per
 	$(PY) -m vibenanochat.evals --checkpoint $(or $(CKPT),$$(ls -d logs/demo/checkpoints/step_* | tail -1)) $(ARGS)
 
 run-scaling-law: $(STAMP) ## depth x FLOP-budget sweep, then its fits and plots (SCALE=cpu: a tiny sweep on 2 CPU cores)
-	$(PY) -m vibenanochat.scaling sweep --scale $(SCALE) --ngpus $(if $(filter cpu,$(SCALE)),1,$(NGPUS)) $(ARGS)
+	$(PY) -m vibenanochat.sweep sweep --scale $(SCALE) --ngpus $(if $(filter cpu,$(SCALE)),1,$(NGPUS)) $(ARGS)
 
 gpu-status: ## GPUs, their memory, and this project's training processes on them
 	@command -v nvidia-smi >/dev/null || { echo "no NVIDIA GPU here (nvidia-smi not found)"; exit 0; }; \

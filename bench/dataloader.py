@@ -1,24 +1,25 @@
-"""Dataloader throughput: tokens/s and crop % at B=8, T=1024, one process, on the shared corpora.
+"""Dataloader throughput: tokens/s and crop % at B=8, T=1024, one process, on the project's corpora.
 
     python bench/dataloader.py [--batches 300] [--device cpu|cuda]
 
-Prepares each shared corpus into a temporary folder (GPT-2 tokenizer), then times `next(loader)` with the
-prefetch thread on (what the trainer sees) and off (the packing work itself). A depth-12 model consumes
-about 400k tokens/s on one H100; the loader must out-run that.
+Prepares each corpus found through the asset resolver (Tiny Shakespeare always; the FineWeb-Edu sample and the
+two public-domain novels when they are on this machine, e.g. in a folder listed in VNC_DATA_DIR) into a
+temporary folder (GPT-2 tokenizer; books cut into pieces, the data CLI's default), then times `next(loader)`
+with the prefetch thread on (what the trainer sees) and off (the packing work itself). A depth-12 model
+consumes about 400k tokens/s on one H100; the loader must out-run that.
 """
 import argparse
-import os
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+import vibenanochat.assets as assets
 import vibenanochat.data as data
 from vibenanochat.dataloader import DataLoader
 from vibenanochat.tokenizer import get_tokenizer
 
-REPO = Path(__file__).resolve().parents[1]
 TARGET = 400_000  # tokens/s a depth-12 model trains at on one H100
 
 
@@ -43,24 +44,24 @@ def main():
     p.add_argument("--B", type=int, default=8)
     p.add_argument("--T", type=int, default=1024)
     a = p.parse_args()
-    shared = Path(os.environ.get("VNC_SHARED_DATA", REPO.parent / "shared" / "data"))
-    text = shared / "text"
-    tok_dir = shared / "tokenizers" / "gpt2"
-    enc = get_tokenizer(tok_dir if tok_dir.exists() else "gpt2")
-    corpora = {"fineweb-edu sample": text / "fineweb_edu_sample" / "fineweb_edu_sample150.jsonl",
-               "tiny shakespeare": text / "tiny_shakespeare_input.txt",
-               "war and peace": text / "public_domain" / "war_and_peace_pg2600.txt",
-               "all shared text": text}
+    enc = get_tokenizer("gpt2")
+    names = {"fineweb-edu sample": "text/fineweb_edu_sample/fineweb_edu_sample150.jsonl",
+             "tiny shakespeare": "text/tiny_shakespeare_input.txt",
+             "war and peace": "text/public_domain/war_and_peace_pg2600.txt",
+             "anna karenina": "text/public_domain/anna_karenina_pg1399.txt"}
+    corpora = {k: assets.find_local(n) for k, n in names.items()}
+    corpora["tiny shakespeare"] = assets.asset(names["tiny shakespeare"])  # committed: always there (or downloaded)
+    corpora["all of them"] = [p for p in corpora.values() if p is not None]
     print(f"B={a.B} T={a.T} device={a.device} batches={a.batches}; target {TARGET / 1e3:.0f}k tokens/s "
           f"(depth 12 on one H100); torch threads {torch.get_num_threads()}")
     print(f"{'corpus':20s} {'docs':>7s} {'tok/doc':>7s} {'thread tok/s':>13s} {'inline tok/s':>13s} {'crop %':>7s}")
     with tempfile.TemporaryDirectory() as tmp:
         for name, src in corpora.items():
-            if not src.exists():
-                print(f"{name:20s} absent ({src})")
+            if src is None:
+                print(f"{name:20s} absent ({names[name]} is not on this machine)")
                 continue
             d = Path(tmp) / name.replace(" ", "_")
-            m = data.prepare(str(src), d, enc, progress=False)
+            m = data.prepare([str(p) for p in src] if isinstance(src, list) else str(src), d, enc, progress=False)
             docs = m["documents"]["train"]
             threaded, crop = rate(d, a.B, a.T, a.batches, 4, a.device)
             inline, _ = rate(d, a.B, a.T, a.batches, 0, a.device)

@@ -6,21 +6,20 @@
 Scores the first examples (after the usual Random(1337) shuffle) of a 0-shot and a 10-shot task of
 each type through `evaluate_task`, the code path training and the CLI use. The cost is the model's
 forward over every prompt (all choices, with their few-shot context), so tokens/s is printed too.
-The bundle is --bundle, else $VNC_EVAL_BUNDLE, else the shared data folder's eval_bundle.
+The bundle is --bundle (a folder, or `eval_bundle_mini` for the committed 100-row subsample), else the
+full bundle found by the asset resolver (`$VNC_DATA_DIR`, data/, the cache, else downloaded).
 """
 import argparse
-import os
 import time
-from pathlib import Path
 
 import torch
 
+import vibenanochat.assets as assets
 import vibenanochat.evals as evals
 import vibenanochat.tokenizer as tokenizer
 from vibenanochat.config import GPTConfig
 from vibenanochat.model import GPT
 
-SHARED = Path(os.environ.get("VNC_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 TASKS = ["copa", "hellaswag", "winograd", "winogrande", "lambada_openai", "bigbench_qa_wikidata"]
 
 
@@ -33,12 +32,12 @@ def main():
     ap.add_argument("--batch-tokens", type=int, default=4096)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
-    ap.add_argument("--bundle", default=None)
-    ap.add_argument("--tokenizer", default=str(SHARED / "tokenizers" / "gpt2") if (SHARED / "tokenizers" / "gpt2").exists() else "gpt2")
+    ap.add_argument("--bundle", default=None, help="eval bundle folder, or eval_bundle_mini (default: the full bundle)")
+    ap.add_argument("--tokenizer", default=None, help="default: GPT-2's files from the asset resolver")
     a = ap.parse_args()
     if a.threads: torch.set_num_threads(a.threads)
-    bundle = evals.find_bundle(a.bundle or os.environ.get(evals.BUNDLE_ENV) or (SHARED / "eval_bundle" if (SHARED / "eval_bundle").exists() else None))
-    enc = tokenizer.get_tokenizer(a.tokenizer)
+    bundle = evals.find_bundle(a.bundle)
+    enc = tokenizer.get_tokenizer(a.tokenizer or assets.asset("tokenizers/gpt2"))
     device = torch.device(a.device)
     torch.manual_seed(0)
     model = GPT(GPTConfig.from_depth(a.depth, vocab_size=enc.n_vocab, seq_len=a.seq_len)).to(device).eval()

@@ -10,31 +10,38 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from conftest import need_shared
+from conftest import need_asset
 import vibenanochat.data as data
 from vibenanochat.dataloader import DataLoader
 from vibenanochat.tokenizer import get_tokenizer
 
 
+def pieces_jsonl(path, n=None):
+    "Tiny Shakespeare cut into pieces of at most 2,000 characters (about 550 tokens), as a .jsonl file."
+    ps = list(data.read_txt(need_asset("text/tiny_shakespeare_input.txt")))[:n]
+    path.write_text("".join(json.dumps({"text": p}) + "\n" for p in ps))
+    return path
+
+
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    "Tiny Shakespeare plus the FineWeb-Edu sample in small shards: short and long documents, many row groups."
-    enc = get_tokenizer(need_shared("tokenizers", "gpt2"))
+    "Tiny Shakespeare's speeches plus the play in pieces, in small shards: short and long documents, many row groups."
+    enc = get_tokenizer(need_asset("tokenizers/gpt2"))
     d = tmp_path_factory.mktemp("dl") / "mix"
     src = tmp_path_factory.mktemp("src")
-    os.symlink(need_shared("text", "tiny_shakespeare_input.txt"), src / "a.txt")
-    os.symlink(need_shared("text", "fineweb_edu_sample", "fineweb_edu_sample150.jsonl"), src / "b.jsonl")
-    data.prepare(str(src), d, enc, shard_docs=1024, val_docs=300, window_docs=4096, progress=False)
+    os.symlink(need_asset("text/tiny_shakespeare_input.txt"), src / "a.txt")
+    pieces_jsonl(src / "b.jsonl")
+    data.prepare(str(src), d, enc, split="blank", shard_docs=1024, val_docs=300, window_docs=4096, progress=False)
     return d
 
 
 @pytest.fixture(scope="module")
 def small(tmp_path_factory):
-    "The FineWeb-Edu sample alone (about 80 k tokens) in shards of 32 pages: a loader wraps its epochs quickly."
-    enc = get_tokenizer(need_shared("tokenizers", "gpt2"))
-    d = tmp_path_factory.mktemp("dl") / "fw"
-    data.prepare(str(need_shared("text", "fineweb_edu_sample", "fineweb_edu_sample150.jsonl")), d, enc,
-                 shard_docs=32, val_docs=16, window_docs=512, progress=False)
+    "150 pieces of the play (about 80 k tokens) in shards of 32: a loader wraps its epochs quickly."
+    enc = get_tokenizer(need_asset("tokenizers/gpt2"))
+    d = tmp_path_factory.mktemp("dl") / "small"
+    src = pieces_jsonl(tmp_path_factory.mktemp("src") / "pieces.jsonl", 150)
+    data.prepare(str(src), d, enc, shard_docs=32, val_docs=16, window_docs=512, progress=False)
     return d
 
 
@@ -127,6 +134,18 @@ def test_exact_resume(small, tmp_path, world):
         assert all(torch.equal(u, v) for u, v in zip(first, cont[:20])) and all(torch.equal(u, v) for u, v in zip(first_d, cont[:20]))
 
 
+def test_rank_and_world_from_torchrun_environment(small, monkeypatch):
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    dl = DataLoader(small, 2, 32, prefetch=0)
+    assert (dl.rank, dl.world) == (1, 2)
+    x, _ = next(dl)
+    assert torch.equal(x, naive_batches(rank_docs(small, 1, 2), 2, 32, 1000, 1)[0][0])
+    monkeypatch.setenv("RANK", "2")
+    with pytest.raises(ValueError, match=r"rank 2 is not in \[0, world_size=2\)"):
+        DataLoader(small, 2, 32, prefetch=0)
+
+
 def test_resume_refuses_another_rank(corpus):
     s = DataLoader(corpus, 2, 32, rank=0, world_size=2, prefetch=0).state_dict()
     with pytest.raises(ValueError, match="rank"):
@@ -161,7 +180,7 @@ def test_rows_start_with_bos_and_no_padding(corpus):
 
 def test_too_many_ranks_is_a_clear_error(corpus):
     groups = max(pq.ParquetFile(corpus / f).num_row_groups for f in data.load_manifest(corpus)["train_shards"])
-    with pytest.raises(SystemExit, match="gets no training documents"):
+    with pytest.raises(ValueError, match="gets no training documents"):
         next(DataLoader(corpus, 2, 32, rank=groups, world_size=groups + 1))
 
 

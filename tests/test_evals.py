@@ -1,22 +1,25 @@
-"""Evaluation outside its chapter: prompt rendering, an oracle model, the reference CORE arithmetic,
-2 ranks = 1 rank under torchrun, bad input, the bundle download and the CLI on a saved checkpoint."""
+"""Evaluation outside its chapter, on the committed mini CORE bundle (real tasks, real few-shot prompts) and, when
+it can be had, the full one: prompt rendering, an oracle model, the reference CORE arithmetic, 2 ranks = 1 rank
+under torchrun, bad input, bundle and gauntlet-file downloads, the CLI on a saved checkpoint, and CORE scored
+inside a real training run."""
 import csv
-import functools
-import http.server
+import hashlib
 import json
+import math
 import os
 import random
+import shutil
 import subprocess
 import sys
-import threading
 import zipfile
 from pathlib import Path
 
 import pytest
 import torch
+from _local_server import Server, sandbox
+from conftest import REPO, need_asset
 
-from conftest import REPO, need_shared
-from vibenanochat import evals
+from vibenanochat import assets, evals
 from vibenanochat.config import GPTConfig
 from vibenanochat.model import GPT, save_model
 from vibenanochat.tokenizer import bos_id, get_tokenizer, save_tokenizer, token_bytes
@@ -24,12 +27,19 @@ from vibenanochat.tokenizer import bos_id, get_tokenizer, save_tokenizer, token_
 
 @pytest.fixture(scope="module")
 def enc():
-    return get_tokenizer(need_shared("tokenizers", "gpt2"))
+    return get_tokenizer(need_asset("tokenizers/gpt2"))
 
 
 @pytest.fixture(scope="module")
 def bundle():
-    return need_shared("eval_bundle")
+    "The mini CORE bundle committed in data/: every task, 100 rows each."
+    return evals.find_bundle(evals.MINI_BUNDLE_ASSET).resolve()
+
+
+@pytest.fixture(scope="module")
+def full_bundle():
+    "The full CORE bundle: on the data search path, in the cache, or downloaded (skips offline, naming it)."
+    return need_asset(evals.BUNDLE_ASSET)
 
 
 def write_bundle(root: Path, tasks: dict, yaml_extra: str = "") -> Path:
@@ -170,23 +180,59 @@ def test_oracle_of_the_wrong_answer_scores_zero(bundle, enc):
     assert all(r["accuracy"] == 0.0 for r in res["tasks"].values())
 
 
-def test_uniform_model_scores_near_the_random_baseline(bundle, enc):
-    # equal scores everywhere: the argmin is always choice 0, right as often as gold == 0 (1 in 4 or 1 in 2)
-    res = evals.evaluate_core(Uniform(enc.n_vocab), enc, bundle, max_per_task=300, tasks=["openbook_qa", "copa", "lambada_openai"])
-    for label in ("openbook_qa", "copa"):
+def gold_zero_share(bundle, label, suite="core"):
+    "The share of a task's records whose gold is choice 0, read straight from its file."
+    spec = next(s for s in evals.read_suite(bundle, suite)[0] if s.label == label)
+    rows = [json.loads(l) for l in open(evals.task_file(bundle, spec.dataset_uri), encoding="utf-8")]
+    return sum(r["gold"] == 0 for r in rows) / len(rows), len(rows)
+
+
+def check_uniform(bundle, enc, labels):
+    # equal losses everywhere (fp64 sums of equal fp32 terms are exact): the argmin is always choice 0,
+    # so accuracy is exactly the share of gold == 0, and never a single exact match on language modeling
+    res = evals.evaluate_core(Uniform(enc.n_vocab), enc, bundle, tasks=labels, batch_tokens=8192)
+    for label in labels:
+        share, n = gold_zero_share(bundle, label)
         r = res["tasks"][label]
-        assert abs(r["accuracy"] - r["baseline"] / 100) < 0.08, (label, r)
-        assert abs(r["centered"]) < 0.16
-    assert res["tasks"]["lambada_openai"]["accuracy"] == 0.0
+        assert r["examples"] == n and r["accuracy"] == pytest.approx(share, abs=1e-6), (label, r, share)
+    lm = evals.evaluate_core(Uniform(enc.n_vocab), enc, bundle, tasks=["lambada_openai"], max_per_task=100)
+    assert lm["tasks"]["lambada_openai"]["accuracy"] == 0.0
+    return res
+
+
+def test_uniform_model_scores_the_share_of_gold_zero(bundle, enc):
+    res = check_uniform(bundle, enc, ["openbook_qa", "copa", "winograd"])
+    assert 0.1 < res["tasks"]["openbook_qa"]["accuracy"] < 0.45     # a real mix, near the 25 % baseline
 
 
 def test_full_suite_reports_the_missing_file_and_labels_the_score(bundle, enc):
     res = evals.evaluate_core(Uniform(enc.n_vocab), enc, bundle, max_per_task=2)
     present = [s.label for s in evals.read_suite(bundle)[0] if (bundle / "eval_data" / s.dataset_uri).exists()]
-    assert len(present) < 22 and res["label"] == f"CORE-{len(present)}" and res["label"] != "CORE"
-    assert sorted(res["missing"]) == sorted(set(s.label for s in evals.read_suite(bundle)[0]) - set(present))
+    assert len(present) == 21 and res["label"] == "CORE-21" and res["missing"] == ["coqa"]
+    assert sorted(res["missing"]) == sorted({s.label for s in evals.read_suite(bundle)[0]} - set(present))
     assert list(res["tasks"]) == present
     assert res["score"] == pytest.approx(sum(r["centered"] for r in res["tasks"].values()) / len(present))
+
+
+def test_full_bundle_every_core_file_loads_and_the_uniform_model_is_exact(full_bundle, enc):
+    specs, skipped = evals.read_suite(full_bundle)
+    assert len(specs) == 22 and not skipped
+    for s in specs:      # every record of every present file is well-formed, and the mini bundle is a subset of it
+        path = full_bundle / "eval_data" / s.dataset_uri
+        if not path.exists(): continue
+        rows = evals.load_jsonl(path, s.task_type)
+        mini = evals.find_bundle(evals.MINI_BUNDLE_ASSET) / "eval_data" / s.dataset_uri
+        assert len(mini.read_text(encoding="utf-8").splitlines()) == min(100, len(rows)), s.label
+    check_uniform(full_bundle, enc, ["copa", "openbook_qa"])
+
+
+def test_full_bundle_gauntlet_files_resolve(full_bundle):
+    specs, skipped = evals.read_suite(full_bundle, "gauntlet")     # the bundle's gauntlet.yaml, else the mini bundle's
+    assert len(specs) == 41 and len(skipped) == 5
+    for s in specs:
+        try: path = evals.task_file(full_bundle, s.dataset_uri)
+        except FileNotFoundError as e: pytest.skip(f"needs the downloadable asset {evals.GAUNTLET_ASSET}/{s.dataset_uri}: {e}")
+        assert path is not None and path.stat().st_size > 0, s.label
 
 
 # ------------------------------------------------------------------ CORE arithmetic
@@ -304,7 +350,7 @@ dist.destroy_process_group()
 
 
 def test_two_processes_equal_one(tmp_path, bundle):
-    gpt2, text = need_shared("tokenizers", "gpt2"), need_shared("text", "tiny_shakespeare_input.txt")
+    gpt2, text = need_asset("tokenizers/gpt2"), need_asset("text/tiny_shakespeare_input.txt")
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
     env = dict(os.environ, OMP_NUM_THREADS="1")
@@ -320,31 +366,55 @@ def test_two_processes_equal_one(tmp_path, bundle):
     assert two["bpb"] == pytest.approx(one["bpb"], rel=1e-12)
 
 
-# ------------------------------------------------------------------ bundle download
+# ------------------------------------------------------------------ bundle and gauntlet downloads
 
-def test_bundle_download_and_offline_error(tmp_path, monkeypatch):
-    src = write_bundle(tmp_path / "src" / "eval_bundle", {"mc": ("multiple_choice", 0, " ", 50, [{"query": "a", "choices": ["b", "c"], "gold": 0}])})
-    zpath = tmp_path / "srv" / "eval_bundle.zip"
+def test_bundle_is_downloaded_unpacked_and_found(tmp_path, monkeypatch):
+    box = sandbox(tmp_path, monkeypatch)
+    src = write_bundle(box / "src" / "eval_bundle", {"mc": ("multiple_choice", 0, " ", 50, [{"query": "a", "choices": ["b", "c"], "gold": 0}])})
+    zpath = box / "srv" / "eval_bundle.zip"
     zpath.parent.mkdir()
     with zipfile.ZipFile(zpath, "w") as z:      # the zip nests everything under eval_bundle/, like nanochat's
         for p in src.rglob("*"): z.write(p, p.relative_to(src.parent))
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(zpath.parent))
-    handler.log_message = lambda *a: None
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    work = tmp_path / "work"; work.mkdir()
-    monkeypatch.chdir(work)
-    monkeypatch.delenv(evals.BUNDLE_ENV, raising=False)
-    try:
-        monkeypatch.setenv(evals.BUNDLE_URL_ENV, f"http://127.0.0.1:{server.server_address[1]}/eval_bundle.zip")
+    with Server(zpath.parent) as s:
+        assets.REGISTRY[evals.BUNDLE_ASSET] = assets.Asset(f"{s.url}/eval_bundle.zip", None, "test", unzip=True, marker="core.yaml")
         got = evals.find_bundle()
-    finally:
-        server.shutdown(); server.server_close()
-    assert got == Path("data/eval_bundle") and (work / got / "eval_data" / "t" / "mc.jsonl").exists()
-    assert evals.find_bundle() == got                       # found now, no second download
-    assert not [p for p in (work / "data").iterdir() if p.name != "eval_bundle"]   # no temporary left behind
+    assert got == box / "cache" / "eval_bundle" and (got / "eval_data" / "t" / "mc.jsonl").exists()
+    assert evals.find_bundle() == got                       # found now: no second download (the server is gone)
+    assert evals.find_bundle(evals.BUNDLE_ASSET) == got     # by name
+    assert evals.find_bundle(evals.MINI_BUNDLE_ASSET).resolve() == REPO / "data" / "eval_bundle_mini"
     with pytest.raises(FileNotFoundError, match="has no core.yaml: pass --bundle"):
-        evals.find_bundle(tmp_path / "nowhere")
+        evals.find_bundle(box / "nowhere")
+
+
+def test_gauntlet_file_missing_from_the_bundle_is_fetched_checked_or_named(tmp_path, monkeypatch, enc):
+    box = sandbox(tmp_path, monkeypatch)
+    # nanochat's zip: core.yaml and the CORE files only, no gauntlet.yaml, no gauntlet task files
+    mini = evals.find_bundle(evals.MINI_BUNDLE_ASSET)
+    b = box / "zip_bundle"
+    (b / "eval_data").mkdir(parents=True)
+    for name in ("core.yaml", "eval_meta_data.csv"): shutil.copy(mini / name, b / name)
+    served = box / "srv" / "siqa.jsonl"
+    served.parent.mkdir()
+    served.write_bytes((mini / "eval_data" / "commonsense_reasoning" / "siqa.jsonl").read_bytes())
+    name = f"{evals.GAUNTLET_ASSET}/commonsense_reasoning/siqa.jsonl"
+    with Server(served.parent) as s:
+        assets.REGISTRY[name] = assets.Asset(f"{s.url}/siqa.jsonl", hashlib.sha256(served.read_bytes()).hexdigest(), "test")
+        res = evals.evaluate_core(Uniform(enc.n_vocab), enc, b, tasks=["siqa"], suite="gauntlet")
+        assert res["label"] == "GAUNTLET-1" and res["tasks"]["siqa"]["examples"] == 100
+        assert res["tasks"]["siqa"]["accuracy"] == pytest.approx(gold_zero_share(mini, "siqa", "gauntlet")[0], abs=1e-6)
+        assert (box / "cache" / name).read_bytes() == served.read_bytes()
+        # a file that is not the pinned one is refused: one line naming the asset and its URL
+        other = f"{evals.GAUNTLET_ASSET}/world_knowledge/bigbench_misconceptions.jsonl"
+        assets.REGISTRY[other] = assets.Asset(f"{s.url}/siqa.jsonl", "0" * 64, "test")
+        with pytest.raises(FileNotFoundError) as e:
+            evals.evaluate_core(Uniform(enc.n_vocab), enc, b, tasks=["bigbench_misconceptions"], suite="gauntlet")
+    msg = str(e.value)
+    assert "\n" not in msg and other in msg and f"{s.url}/siqa.jsonl" in msg, msg
+    assert not (box / "cache" / other).exists()
+    # offline: the same kind of line
+    assets.REGISTRY[other] = assets.Asset("http://127.0.0.1:9/bigbench_misconceptions.jsonl", "0" * 64, "test")
+    with pytest.raises(FileNotFoundError, match="bigbench_misconceptions.jsonl.*127.0.0.1:9"):
+        evals.evaluate_core(Uniform(enc.n_vocab), enc, b, tasks=["bigbench_misconceptions"], suite="gauntlet")
 
 
 # ------------------------------------------------------------------ the CLI
@@ -358,10 +428,10 @@ def _checkpoint(path: Path, enc, with_tokenizer: bool) -> Path:
 
 
 def test_cli_on_a_saved_checkpoint_one_and_two_processes(tmp_path, bundle, enc):
-    gpt2 = need_shared("tokenizers", "gpt2")
+    gpt2 = need_asset("tokenizers/gpt2")
     a = _checkpoint(tmp_path / "ckpt_a", enc, with_tokenizer=True)     # tokenizer.json inside the checkpoint
     b = _checkpoint(tmp_path / "ckpt_b", enc, with_tokenizer=False)    # meta["tokenizer"] = "gpt2", found through VNC_TOKENIZER_DIR
-    env = {k: v for k, v in os.environ.items() if k not in (evals.BUNDLE_ENV, "VNC_TOKENIZER_DIR")}
+    env = {k: v for k, v in os.environ.items() if k != "VNC_TOKENIZER_DIR"}
     env["OMP_NUM_THREADS"] = "1"
     args = ["--tasks", "copa,winograd,lambada_openai", "--max-per-task", "12", "--bundle", str(bundle)]
     r = subprocess.run([sys.executable, "-m", "vibenanochat.evals", "--checkpoint", str(a), *args],
@@ -376,7 +446,8 @@ def test_cli_on_a_saved_checkpoint_one_and_two_processes(tmp_path, bundle, enc):
     assert float(rows[1][4]) == pytest.approx(rep["tasks"]["copa"]["accuracy"], abs=1e-6)
     # the path form under torchrun, 2 ranks, report elsewhere: the same numbers
     r2 = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                         str(REPO / "vibenanochat" / "evals.py"), "--checkpoint", str(b), *args, "--out", str(tmp_path / "rep2")],
+                         str(REPO / "vibenanochat" / "evals.py"), "--checkpoint", str(b), *args[:-1], "eval_bundle_mini",   # the bundle by name
+                         "--out", str(tmp_path / "rep2")],
                         cwd=tmp_path, env=dict(env, VNC_TOKENIZER_DIR=str(gpt2)), capture_output=True, text=True, timeout=300)
     assert r2.returncode == 0, r2.stderr[-3000:]
     rep2 = json.loads((tmp_path / "rep2" / "core_eval.json").read_text())
@@ -384,11 +455,39 @@ def test_cli_on_a_saved_checkpoint_one_and_two_processes(tmp_path, bundle, enc):
     assert {k: v["accuracy"] for k, v in rep2["tasks"].items()} == {k: v["accuracy"] for k, v in rep["tasks"].items()}
 
 
-def test_cli_offline_without_a_bundle_names_the_flag(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k != evals.BUNDLE_ENV}
-    env[evals.BUNDLE_URL_ENV] = "http://127.0.0.1:9/eval_bundle.zip"    # nothing listens there: the offline case
+def test_cli_offline_without_a_bundle_names_the_asset_url_and_flag(tmp_path):
+    env = dict(os.environ, VNC_DATA_DIR=str(tmp_path / "nothing"), VNC_CACHE_DIR=str(tmp_path / "cache"),
+               HTTPS_PROXY="http://127.0.0.1:9", https_proxy="http://127.0.0.1:9")   # nothing listens there: offline, even in CI
     r = subprocess.run([sys.executable, "-m", "vibenanochat.evals", "--checkpoint", str(tmp_path / "ckpt")],
                        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode != 0 and "Traceback" not in r.stderr
-    msg = r.stderr.strip().splitlines()
-    assert len(msg) == 1 and "--bundle" in msg[0] and "data/eval_bundle" in msg[0], r.stderr
+    msg = r.stderr.strip().splitlines()[-1]      # (pooch may log the attempted download on the line before)
+    assert "eval_bundle.zip" in msg and "data/eval_bundle" in msg and "--bundle" in msg, r.stderr
+
+
+# ------------------------------------------------------------------ CORE inside a training run
+
+def test_train_scores_core_mid_run_into_metrics(tmp_path):
+    import vibenanochat.data as data
+    import vibenanochat.tokenizer as tok
+    text = tmp_path / "shakespeare.txt"       # a slice of Tiny Shakespeare and a 512-token BPE: fast CPU steps
+    text.write_text(need_asset("text/tiny_shakespeare_input.txt").read_text(encoding="utf-8")[:200_000], encoding="utf-8")
+    enc = tok.train_tokenizer(data.read_local(text), 512)
+    data.prepare(str(text), tmp_path / "shards", tokenizer=enc, progress=False)
+    args = ["--depth", "1", "--seq-len", "64", "--device-batch-size", "4", "--total-batch-size", "256",
+            "--num-iterations", "6", "--eval-every", "6", "--eval-tokens", "512", "--save-every", "6", "--log-every", "1",
+            "--compile", "off", "--dtype", "fp32", "--device", "cpu",
+            "--core-every", "3", "--core-max-per-task", "4", "--core-bundle", evals.MINI_BUNDLE_ASSET,
+            "--data-dir", str(tmp_path / "shards"), "--log-dir", str(tmp_path / "logs"), "--run-name", "core"]
+    r = subprocess.run([sys.executable, "-m", "vibenanochat.train", *args], cwd=tmp_path, capture_output=True, text=True,
+                       timeout=600, env=dict(os.environ, OMP_NUM_THREADS="2"))
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
+    recs = [json.loads(l) for l in (tmp_path / "logs" / "core" / "metrics.jsonl").read_text().splitlines()]
+    core = [x for x in recs if "core_tasks" in x]
+    assert [x["step"] for x in core] == [3, 6]                     # mid-run, then at the end
+    labels = [s.label for s in evals.read_suite(evals.find_bundle(evals.MINI_BUNDLE_ASSET))[0] if s.label != "coqa"]
+    for x in core:
+        assert x["core_label"] == "CORE-21" and sorted(x["core_tasks"]) == sorted(labels)
+        assert all(math.isfinite(v) and -2 <= v <= 1 for v in x["core_tasks"].values()), x
+        assert x["core"] == pytest.approx(sum(x["core_tasks"].values()) / 21)
+    assert recs[-1]["event"] == "end" and recs[-1]["core"] == pytest.approx(core[-1]["core"])

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import vibenanochat.scaling as sc
+import vibenanochat.sweep as sw
 
 REPO = Path(__file__).resolve().parents[1]
 LAW = sc.CHINCHILLA
@@ -144,11 +145,13 @@ def test_no_u_shape_and_edge_optimum_warn():
 
 
 def test_read_results_errors_are_one_line(tmp_path):
-    with pytest.raises(SystemExit, match="not found"):
+    with pytest.raises(FileNotFoundError, match="not found") as e:
         sc.read_results(tmp_path / "absent.csv")
+    assert "\n" not in str(e.value)
     (tmp_path / "bad.csv").write_text("budget,depth,loss\n1e18,4,3.2\n")
-    with pytest.raises(SystemExit, match="lacks column"):
+    with pytest.raises(ValueError, match="lacks column") as e:
         sc.read_results(tmp_path / "bad.csv")
+    assert "\n" not in str(e.value)
 
 
 def test_published_numbers_with_few_columns_fit(tmp_path):
@@ -169,7 +172,7 @@ def test_cli_fit_writes_every_plot(tmp_path, form):
     table = sc.synthetic_results(budgets=(1e18, 1e19, 1e20), per_budget=5, ratio_N=(3e7, 1e8, 3e8, 1e9))
     csv = sc.write_results(table, tmp_path / "results.csv")
     out = tmp_path / "fits"
-    entry = ["-m", "vibenanochat.scaling"] if form == "module" else [str(REPO / "vibenanochat" / "scaling.py")]
+    entry = ["-m", "vibenanochat.sweep"] if form == "module" else [str(REPO / "vibenanochat" / "sweep.py")]
     r = subprocess.run([sys.executable, *entry, "fit", str(csv), "--out", str(out)], capture_output=True, text=True, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     for name in sc.PLOTS:
@@ -181,10 +184,10 @@ def test_cli_fit_writes_every_plot(tmp_path, form):
 
 
 def test_cli_errors_are_one_line(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "vibenanochat.scaling", "fit", str(tmp_path / "nope.csv")],
+    r = subprocess.run([sys.executable, "-m", "vibenanochat.sweep", "fit", str(tmp_path / "nope.csv")],
                        capture_output=True, text=True)
     assert r.returncode != 0 and "not found" in r.stderr and "Traceback" not in r.stderr
-    r = subprocess.run([sys.executable, "-m", "vibenanochat.scaling", "sweep", "--ngpus", "2", "--depths", "10",
+    r = subprocess.run([sys.executable, "-m", "vibenanochat.sweep", "sweep", "--ngpus", "2", "--depths", "10",
                         "--budgets", "1e18", "--extra", "--run x", "--plan"], capture_output=True, text=True)
     assert r.returncode != 0 and "torchrun would refuse the trainer flag(s) --run" in r.stderr and "Traceback" not in r.stderr
 
@@ -193,9 +196,9 @@ def test_final_metrics_takes_the_last_end_line_and_ignores_torn_lines(tmp_path):
     lines = [{"step": 1, "loss": 9.0}, {"event": "end", "step": 10, "val_bpb": 2.0},
              {"step": 11, "loss": 3.0}, {"event": "end", "step": 20, "val_bpb": 1.5}]
     (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(l) for l in lines) + '\n{"event": "end", "st')
-    assert sc.final_metrics(tmp_path)["val_bpb"] == 1.5
+    assert sw.final_metrics(tmp_path)["val_bpb"] == 1.5
     (tmp_path / "metrics.jsonl").write_text(json.dumps(lines[0]) + "\n")
-    assert sc.final_metrics(tmp_path) is None and sc.final_metrics(tmp_path / "absent") is None
+    assert sw.final_metrics(tmp_path) is None and sw.final_metrics(tmp_path / "absent") is None
 
 
 # A stand-in for vibenanochat.train with the same command line and metrics.jsonl contract: the runner is
@@ -236,10 +239,10 @@ def _standin(tmp_path, monkeypatch):
 
 def test_sweep_skips_finished_runs_and_survives_failures(tmp_path, monkeypatch):
     _standin(tmp_path, monkeypatch)
-    specs, _ = sc.plan_sweep((1, 2, 3, 4), (1e13, 1e14))
+    specs, _ = sw.plan_sweep((1, 2, 3, 4), (1e13, 1e14))
     logs, results = tmp_path / "runs", tmp_path / "results.csv"
     said = []
-    rows = sc.run_sweep(specs, logs, extra=["--tag", "x"], results=results, module="standin_train", echo=said.append)
+    rows = sw.run_sweep(specs, logs, extra=["--tag", "x"], results=results, module="standin_train", echo=said.append)
     status = {r["run"]: r["status"] for r in rows}
     assert status == {s.name: ("failed" if s.depth == 3 else "ok") for s in specs}
     assert any("FAILED (exit 3)" in s and "simulated crash" in s for s in said)
@@ -248,34 +251,34 @@ def test_sweep_skips_finished_runs_and_survives_failures(tmp_path, monkeypatch):
     ok = [r for r in table if r["status"] == "ok"]
     assert all(r["N"] == 1e6 * r["depth"] ** 2 and r["steps"] == 100 for r in ok)
     # second pass: finished runs are skipped, failed ones are tried again
-    sc.run_sweep(specs, logs, results=results, module="standin_train", echo=said.append)
+    sw.run_sweep(specs, logs, results=results, module="standin_train", echo=said.append)
     launches = (logs / "launches.txt").read_text().splitlines()
     assert len(launches) == 8 + 2 and all("d3_" in l for l in launches[8:])
     assert sum("finished earlier, skipped" in s for s in said) == 6
     # the table can be rebuilt from the folders alone
-    again = sc.collect_results(logs)
+    again = sw.collect_results(logs)
     assert [(r["run"], r["status"]) for r in again] == [(r["run"], r["status"]) for r in table]
 
 
 def test_torchrun_refuses_ambiguous_trainer_flags():
     with pytest.raises(ValueError, match="--max .*ambiguous abbreviations"):
-        sc.train_command(sc.RunSpec(2, ratio=10), "logs", ngpus=2, extra=["--max", "3"])
-    assert sc.train_command(sc.RunSpec(2, ratio=10), "logs", ngpus=1, extra=["--max", "3"])[-2:] == ["--max", "3"]
+        sw.train_command(sw.RunSpec(2, ratio=10), "logs", ngpus=2, extra=["--max", "3"])
+    assert sw.train_command(sw.RunSpec(2, ratio=10), "logs", ngpus=1, extra=["--max", "3"])[-2:] == ["--max", "3"]
 
 
 def test_sweep_resumes_an_interrupted_run(tmp_path, monkeypatch):
     _standin(tmp_path, monkeypatch)
-    specs, _ = sc.plan_sweep((5,), (1e14,))
+    specs, _ = sw.plan_sweep((5,), (1e14,))
     logs = tmp_path / "runs"
-    assert sc.run_sweep(specs, logs, module="standin_train", echo=lambda s: None)[0]["status"] == "failed"
-    assert sc.run_sweep(specs, logs, module="standin_train", echo=lambda s: None)[0]["status"] == "ok"
+    assert sw.run_sweep(specs, logs, module="standin_train", echo=lambda s: None)[0]["status"] == "failed"
+    assert sw.run_sweep(specs, logs, module="standin_train", echo=lambda s: None)[0]["status"] == "ok"
     assert [l.split()[-1] for l in (logs / "launches.txt").read_text().splitlines()] == ["resume=False", "resume=True"]
 
 
 def test_sweep_launches_through_torchrun(tmp_path, monkeypatch):
     _standin(tmp_path, monkeypatch)
-    specs, _ = sc.plan_sweep((2,), ratio=10.0)
-    rows = sc.run_sweep(specs, tmp_path / "runs", ngpus=2, module="standin_train", echo=lambda s: None)
+    specs, _ = sw.plan_sweep((2,), ratio=10.0)
+    rows = sw.run_sweep(specs, tmp_path / "runs", ngpus=2, module="standin_train", echo=lambda s: None)
     assert rows[0]["status"] == "ok" and rows[0]["ratio"] == 10 and math.isnan(rows[0]["budget"])
     assert "world=2" in (tmp_path / "runs" / "launches.txt").read_text()
     state = json.loads((tmp_path / "runs" / "d2_R10" / "sweep.json").read_text())
@@ -283,7 +286,7 @@ def test_sweep_launches_through_torchrun(tmp_path, monkeypatch):
 
 
 def test_cli_sweep_plan_prints_every_command(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "vibenanochat.scaling", "sweep", "--scale", "gpu", "--ngpus", "8",
+    r = subprocess.run([sys.executable, "-m", "vibenanochat.sweep", "sweep", "--scale", "gpu", "--ngpus", "8",
                         "--out", str(tmp_path / "s"), "--plan"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     cmds = [l for l in r.stdout.splitlines() if "--target-flops" in l]
@@ -294,14 +297,14 @@ def test_cli_sweep_plan_prints_every_command(tmp_path):
 
 def test_cli_sweep_with_the_real_trainer(tmp_path):
     "prepare_sweep_data + `sweep` through vibenanochat.train on a tiny corpus: real end lines, then skips on a rerun."
-    from conftest import need_shared
+    from conftest import need_asset
     from vibenanochat.config import GPTConfig, count_params
-    text = need_shared("text", "tiny_shakespeare_input.txt")
-    data_dir = sc.prepare_sweep_data(tmp_path / "data", source=str(text), vocab=320, max_tokens=60_000, bpe_chars=300_000)
+    text = need_asset("text/tiny_shakespeare_input.txt")
+    data_dir = sw.prepare_sweep_data(tmp_path / "data", source=str(text), vocab=320, max_tokens=60_000, bpe_chars=300_000)
     vocab = json.loads((data_dir / "manifest.json").read_text())["vocab_size"]
     out = tmp_path / "sweep"
     extra = f"--data-dir {data_dir} --seq-len 64 --device-batch-size 4 --total-batch-size 256 --eval-every -1 --eval-tokens 2048"
-    cmd = [sys.executable, "-m", "vibenanochat.scaling", "sweep", "--scale", "cpu", "--depths", "1,2,3", "--budgets", "5e10",
+    cmd = [sys.executable, "-m", "vibenanochat.sweep", "sweep", "--scale", "cpu", "--depths", "1,2,3", "--budgets", "5e10",
            "--out", str(out), "--extra", extra]
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]

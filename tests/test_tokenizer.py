@@ -1,4 +1,4 @@
-"""Tokenizer: GPT-2 from local files, tiktoken's cache and offline; trained BPE; BOS handling; token_bytes."""
+"""Tokenizer: GPT-2 from the asset, tiktoken's cache and offline; trained BPE; BOS handling; token_bytes."""
 import hashlib
 import json
 import os
@@ -6,26 +6,34 @@ import shutil
 import subprocess
 import sys
 
+import base64
+
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import need_shared
-from vibenanochat.tokenizer import (bos_id, encode_doc, encode_docs, get_tokenizer, save_tokenizer,
-                                    token_bytes, tokenizer_hash, train_tokenizer)
+from conftest import need_asset
+from vibenanochat.assets import find_local
+from vibenanochat.tokenizer import (bos_id, encode_doc, encode_docs, get_tokenizer, gpt2_ranks_from_files,
+                                    save_tokenizer, token_bytes, tokenizer_hash, train_tokenizer)
+
+CORPORA = ("text/tiny_shakespeare_input.txt", "text/fineweb_edu_sample/fineweb_edu_sample150.jsonl",
+           "text/fineweb_edu_sample/fineweb_edu_sample150.parquet", "text/public_domain/war_and_peace_pg2600.txt",
+           "text/public_domain/anna_karenina_pg1399.txt")
 
 
 @pytest.fixture(scope="module")
-def gpt2(tmp_path_factory):
-    d = need_shared("tokenizers", "gpt2")
-    return get_tokenizer(d)
+def gpt2():
+    return get_tokenizer(need_asset("tokenizers/gpt2"))
 
 
-def shared_texts() -> dict[str, str]:
-    "Every shared corpus as one string per document source (files as they are, parquet rows joined)."
-    root = need_shared("text")
-    out = {p.name: p.read_text(encoding="utf-8") for p in sorted(root.rglob("*")) if p.suffix in (".txt", ".jsonl", ".csv")}
-    for p in sorted(root.rglob("*.parquet")):
-        out[p.name] = "\n\n".join(pq.read_table(p, columns=["text"]).column("text").to_pylist())
+def corpus_texts() -> dict[str, str]:
+    "Each corpus on this machine as one string (files as they are, parquet rows joined); Tiny Shakespeare always."
+    need_asset(CORPORA[0])
+    out = {}
+    for p in (find_local(n) for n in CORPORA):
+        if p is None: continue
+        out[p.name] = ("\n\n".join(pq.read_table(p, columns=["text"]).column("text").to_pylist()) if p.suffix == ".parquet"
+                       else p.read_text(encoding="utf-8"))
     return out
 
 
@@ -34,73 +42,83 @@ def test_gpt2_known_ids(gpt2):
     assert gpt2.n_vocab == 50257 and bos_id(gpt2) == 50256 and gpt2.name == "gpt2"
 
 
-def test_roundtrip_every_shared_corpus(gpt2):
-    texts = shared_texts()
-    assert len(texts) >= 5
+def test_roundtrip_every_corpus(gpt2):
+    texts = corpus_texts()
+    assert "tiny_shakespeare_input.txt" in texts
     for name, text in texts.items():
         assert gpt2.decode(gpt2.encode_ordinary(text)) == text, name
 
 
 def test_three_local_formats_are_one_tokenizer(gpt2, tmp_path):
-    d = need_shared("tokenizers", "gpt2")
+    d = need_asset("tokenizers/gpt2")
     h = tokenizer_hash(gpt2)
-    assert tokenizer_hash(get_tokenizer(d / "r50k_base.tiktoken")) == h
     assert tokenizer_hash(get_tokenizer(d / "encoder.json")) == h
     only_tt = tmp_path / "tt"
     only_tt.mkdir()
-    shutil.copy(d / "r50k_base.tiktoken", only_tt)
+    r50k = find_local("tokenizers/gpt2/r50k_base.tiktoken")  # tiktoken's own file, when it is at hand
+    if r50k is not None:
+        shutil.copy(r50k, only_tt)
+    else:  # else GPT-2's table written in tiktoken's spelling: the two readers must still agree
+        ranks = gpt2_ranks_from_files(d / "encoder.json", d / "vocab.bpe")
+        (only_tt / "r50k_base.tiktoken").write_text("".join(f"{base64.b64encode(b).decode()} {r}\n" for b, r in ranks.items()))
+    assert tokenizer_hash(get_tokenizer(only_tt / "r50k_base.tiktoken")) == h
     assert tokenizer_hash(get_tokenizer(only_tt)) == h
     assert tokenizer_hash(get_tokenizer(save_tokenizer(gpt2, tmp_path / "g.json"))) == h
 
 
 SCENARIOS = """
 import os, sys
+from pathlib import Path
+import vibenanochat.assets as assets
 from vibenanochat.tokenizer import get_tokenizer, tokenizer_hash
+data_dir, tmp = sys.argv[1], sys.argv[2]
+assets.repo_data_dir = lambda: Path(tmp) / "no_repo_data"  # this checkout's data/ may hold GPT-2: look elsewhere
+os.environ["VNC_CACHE_DIR"] = tmp + "/no_download_cache"
 def attempt(**env):
-    for k in ("VNC_TOKENIZER_DIR", "TIKTOKEN_CACHE_DIR"): os.environ.pop(k, None)
+    for k in ("VNC_DATA_DIR", "TIKTOKEN_CACHE_DIR"): os.environ.pop(k, None)
     os.environ.update(env)
     try:
         e = get_tokenizer("gpt2")
         return f"ok {e.encode_ordinary('Hello world')} {tokenizer_hash(e)}"
-    except SystemExit as x:
-        return f"exit {x}"
-d, tmp = sys.argv[1], sys.argv[2]
-for env in [dict(VNC_TOKENIZER_DIR=d, TIKTOKEN_CACHE_DIR=tmp + "/empty"),   # the variable names a folder
-            dict(VNC_TOKENIZER_DIR=tmp + "/nowhere"),                      # the variable names nothing
-            dict(TIKTOKEN_CACHE_DIR=tmp + "/empty"),                       # offline, nothing local
-            dict(TIKTOKEN_CACHE_DIR=tmp + "/cache")]:                      # tiktoken's own cache, offline
+    except FileNotFoundError as x:
+        return f"error {x}"
+for env in [dict(VNC_DATA_DIR=tmp + "/nowhere" + os.pathsep + data_dir, TIKTOKEN_CACHE_DIR=tmp + "/empty"),  # the asset
+            dict(VNC_DATA_DIR=tmp + "/nowhere", TIKTOKEN_CACHE_DIR=tmp + "/empty"),   # offline, nothing local
+            dict(TIKTOKEN_CACHE_DIR=tmp + "/cache")]:                                 # tiktoken's own cache, offline
     print(attempt(**env))
 """
 
 
-def test_gpt2_from_env_tiktoken_cache_and_offline(tmp_path):
-    d = need_shared("tokenizers", "gpt2")
+def test_gpt2_from_asset_tiktoken_cache_and_offline(tmp_path):
+    d = need_asset("tokenizers/gpt2")
     cache = tmp_path / "cache"  # tiktoken names cached files by the sha1 of their URL
     cache.mkdir()
     base = "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/"
     for f in ("vocab.bpe", "encoder.json"):
         shutil.copy(d / f, cache / hashlib.sha1((base + f).encode()).hexdigest())
-    env = {k: v for k, v in os.environ.items() if k not in ("VNC_TOKENIZER_DIR", "TIKTOKEN_CACHE_DIR")}
+    env = {k: v for k, v in os.environ.items() if k not in ("VNC_DATA_DIR", "TIKTOKEN_CACHE_DIR")}
     for k in ("HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy"):
         env[k] = "http://127.0.0.1:9"  # an unreachable proxy: the network fails fast and surely, online or not
-    r = subprocess.run([sys.executable, "-c", SCENARIOS, str(d), str(tmp_path)], capture_output=True, text=True,
-                       env=env, timeout=120)
+    r = subprocess.run([sys.executable, "-c", SCENARIOS, str(d.parent.parent), str(tmp_path)], capture_output=True,
+                       text=True, env=env, cwd=tmp_path, timeout=120)
     assert r.returncode == 0, r.stderr
-    from_env, bad_env, offline, from_cache = r.stdout.strip().split("\n")
-    assert from_env.startswith("ok [15496, 995]") and from_cache.startswith("ok [15496, 995]")
-    assert from_env.split()[-1] == from_cache.split()[-1]  # our local loader builds exactly tiktoken's GPT-2
-    assert bad_env.startswith("exit VNC_TOKENIZER_DIR=") and "nowhere" in bad_env
-    assert offline.startswith("exit cannot load the GPT-2 tokenizer") and "VNC_TOKENIZER_DIR" in offline
-    assert "--tokenizer" in offline
+    from_asset, offline, from_cache = r.stdout.strip().split("\n")
+    assert from_asset.startswith("ok [15496, 995]") and from_cache.startswith("ok [15496, 995]")
+    assert from_asset.split()[-1] == from_cache.split()[-1]  # our local loader builds exactly tiktoken's GPT-2
+    # one line that names the asset, its URL and where to put it
+    assert offline.startswith("error asset tokenizers/gpt2 is not here and its download from")
+    assert "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/" in offline and "data/tokenizers/gpt2" in offline
 
 
 def test_bad_tokenizer_files(tmp_path):
     for name, content in [("t.json", '{"a": 1}'), ("x.json", "not json"), ("b.tiktoken", "@@@ 1\n")]:
         (tmp_path / name).write_text(content)
-        with pytest.raises(SystemExit, match=name):
+        with pytest.raises(ValueError, match=name):
             get_tokenizer(tmp_path / name)
+    with pytest.raises(FileNotFoundError, match="tokenizer .*missing.json' not found: pass 'gpt2'"):
+        get_tokenizer(tmp_path / "missing.json")
     (tmp_path / "emptydir").mkdir()
-    with pytest.raises(SystemExit, match="holds no tokenizer"):
+    with pytest.raises(FileNotFoundError, match="holds no tokenizer"):
         get_tokenizer(tmp_path / "emptydir")
     # a saved file whose content was edited no longer matches its hash
     bpe = train_tokenizer(["abc abd abe " * 50], 260)
@@ -108,12 +126,12 @@ def test_bad_tokenizer_files(tmp_path):
     obj = json.loads(p.read_text())
     obj["ranks"][0], obj["ranks"][1] = obj["ranks"][1], obj["ranks"][0]
     p.write_text(json.dumps(obj))
-    with pytest.raises(SystemExit, match="corrupt"):
+    with pytest.raises(ValueError, match="corrupt"):
         get_tokenizer(p)
 
 
 def test_trained_bpe_roundtrips_and_saves(tmp_path):
-    text = need_shared("text", "tiny_shakespeare_input.txt").read_text(encoding="utf-8")
+    text = need_asset("text/tiny_shakespeare_input.txt").read_text(encoding="utf-8")
     train, held = text[:500_000], text[500_000:] + " naïve café 東京 🙂 <|endoftext|>"
     bpe = train_tokenizer(train.split("\n\n"), 1000)
     assert bpe.n_vocab == 1000 and bos_id(bpe) == 999
@@ -123,7 +141,7 @@ def test_trained_bpe_roundtrips_and_saves(tmp_path):
     loaded = get_tokenizer(save_tokenizer(bpe, tmp_path / "tok" / "tokenizer.json"))
     assert loaded.encode_ordinary(held) == ids and tokenizer_hash(loaded) == tokenizer_hash(bpe)
     assert tokenizer_hash(get_tokenizer(tmp_path / "tok")) == tokenizer_hash(bpe)  # the folder form
-    assert not any(tmp_path.rglob("*.tmp"))
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["tokenizer.json"]  # no temporary file left
     with pytest.raises(ValueError, match="too small"):
         train_tokenizer(["x"], 200)
     with pytest.raises(ValueError, match="no text"):
@@ -142,7 +160,7 @@ def test_token_bytes_sum_to_text_bytes(gpt2):
     for enc in (gpt2, bpe):
         tb = token_bytes(enc)
         assert tb.shape == (enc.n_vocab,) and tb[bos_id(enc)] == 0 and int(tb.min()) == 0
-        for text in list(shared_texts().values())[:2] + ["東京 🙂 naïve <|endoftext|>", ""]:
+        for text in list(corpus_texts().values())[:2] + ["東京 🙂 naïve <|endoftext|>", ""]:
             ids = encode_doc(enc, text)
             assert int(tb[ids].sum()) == len(text.encode("utf-8"))
     # partial UTF-8 tokens count their raw bytes (a decoded string would say 3 bytes of U+FFFD)

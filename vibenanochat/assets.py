@@ -9,8 +9,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import plumbing
+
 # %% auto #0
-__all__ = ['DATA_ENV', 'CACHE_ENV', 'REGISTRY', 'repo_data_dir', 'data_dirs', 'cache_dir', 'Asset', 'find_local', 'asset']
+__all__ = ['DATA_ENV', 'CACHE_ENV', 'REGISTRY', 'LLM_FOUNDRY', 'GAUNTLET_FILES', 'repo_data_dir', 'data_dirs', 'cache_dir',
+           'Asset', 'find_local', 'asset']
 
 # %% ../nbs/00b_assets.ipynb #f2e5c51e
 DATA_ENV, CACHE_ENV = "VNC_DATA_DIR", "VNC_CACHE_DIR"
@@ -23,7 +26,7 @@ def repo_data_dir() -> Path:
 def data_dirs() -> list[Path]:
     "The folders searched for assets, in order: $VNC_DATA_DIR's entries, ./data, the repo's data/ (duplicates dropped)."
     found = [Path(p).expanduser() for p in os.environ.get(DATA_ENV, "").split(os.pathsep) if p.strip()]
-    found += [Path("data"), repo_data_dir()]
+    found += [Path("data").absolute(), repo_data_dir()]   # absolute: a path handed to a subprocess with another cwd still works
     out, seen = [], set()
     for p in found:
         key = p.resolve() if p.exists() else p.absolute()
@@ -61,6 +64,45 @@ REGISTRY: dict[str, Asset] = {
         "per task (see the bundle's README)", unzip=True, marker="core.yaml"),
 }
 
+# %% ../nbs/00b_assets.ipynb #5e8b2d71
+LLM_FOUNDRY = "https://raw.githubusercontent.com/mosaicml/llm-foundry/8c8dd48f72168c5d51e2f7b151595892a8fba43d/scripts/eval/local_data"
+GAUNTLET_FILES: dict[str, str | None] = {   # task file (relative to eval_data/) → sha256 of llm-foundry's copy
+    "commonsense_reasoning/bigbench_novel_concepts.jsonl": "66d4c62351528a5c148160a9106a8949a0a66aedf5158738b20a1a6527874cd6",
+    "commonsense_reasoning/bigbench_strange_stories.jsonl": "366cb6426096629b685d0e55ec4735331f858e56988c11142ddca15e6bfc8e60",
+    "commonsense_reasoning/bigbench_strategy_qa.jsonl": "b550289adc9304c979ca8ba36b3424f5c187c606d34eef7d940a79f964c2ad8f",
+    "commonsense_reasoning/siqa.jsonl": "2722a2c30a08dfaee4c5210eeb318dc82c73d675bda32a920b749ae4e2b89598",
+    "language_understanding/bigbench_conceptual_combinations.jsonl": "37432b8edfe67090e2b5b6e4c31cf4e215725981d0d39bd13c81ce7425f64498",
+    "language_understanding/bigbench_conlang_translation.jsonl": "8e01e3b40b1ceb1f7198109aeb7c5312f3bc0048c8418d15be25fee526b2b3ef",
+    "reading_comprehension/agi_eval_lsat_lr.jsonl": "e4a273cf9d7013b48e8cabceb54a0bf3434efa6f153a884e71ba0df5dc62d29e",
+    "reading_comprehension/agi_eval_lsat_rc.jsonl": "8f67ecf0e760a8fc737ead2e63554bbf921b23989a3bc0039d9b2e993ef6295a",
+    "reading_comprehension/agi_eval_sat_en.jsonl": "cb78f595cd4cbd226624d58c1a48f340ea9ad4d0a2b5b32126adfc15014170ea",
+    "reading_comprehension/bigbench_understanding_fables.jsonl": "8578babfd4adbf1b6a77782fa5ecb0f252ca2ce0316f0f47cdd8689558037383",
+    "reading_comprehension/pubmed_qa_labeled.jsonl": "60b94cdc8f507371366e1c28dfd0b86429da691ca0acc9dc83c9be6975ef0b41",
+    "safety/enterprise_pii_classification.jsonl": "de3a638feb3285dd45d54dddbc21fb26ecf1a89ef18e63582434e6e2eda2d14a",
+    "safety/winogender_mc_female.jsonl": "f5ed69f1ae650cfcf4bc5ded84a549a9551c05fccbd69f99887b4e76a9209b9f",
+    "safety/winogender_mc_male.jsonl": "a7790f7050a3fe59b0610839b2537c3335fc0703c319a7398f0aaa138bba3dc1",
+    "symbolic_problem_solving/agi_eval_sat_math.jsonl": "36ec14e8834aad1b00a3ffb5a6a7b25932779ba31a0d9bdc972ec6815d626447",
+    "symbolic_problem_solving/aqua.jsonl": "d2ac7ae68764d03caa0a7d51132cc6969e1b90832e8c4e8c260bd18327799ead",
+    "symbolic_problem_solving/bigbench_logical_deduction.jsonl": "07645a9e026d55444f677ff5ee6fff4f3fb84c030cfe3a66c716e4320433258c",
+    "symbolic_problem_solving/gsm8k_prepended_8shot.jsonl": "c4b1b7378385b1c4e4862c0d0dde5eac5c986ff991db8eb53db9adf0f47199d6",
+    "symbolic_problem_solving/logi_qa.jsonl": "f1be83be1cdd76f56b82324d6d06258244fe37451479ffc9871c2ca0e7eec71f",
+    "symbolic_problem_solving/math_qa.jsonl": "743566d6e9925eb5bfc215ee7af8aaad58c2e821a637438aba7b9b30acdf6e50",
+    "symbolic_problem_solving/simple_arithmetic_nospaces.jsonl": "2b68696de9e381e9bddbd0af21dfd745400903b0ca5abf1b500143315b443228",
+    "symbolic_problem_solving/simple_arithmetic_withspaces.jsonl": "eb95a1440f1824c36beb3449e74a2a98c5907aa916eefa0170351454f5f6d92b",
+    "symbolic_problem_solving/svamp.jsonl": "6e9d75302c2663a8c8ce48927d784244480bc75cd0eda539677b6a92a2ff5b97",
+    "world_knowledge/bigbench_misconceptions.jsonl": "d041a77a6b22cf5b768a442e8b73e99b0532a46398246ff3f4501a0a6d19e474",
+    "world_knowledge/mmlu.jsonl": None,   # upstream's bytes could not be pinned offline: unchecked
+    "world_knowledge/triviaqa_sm_sub.jsonl": "e3e8222e94cae291d7ab132e59f09c4f51580ed3e23639cf29c2926b4c8284e9",
+}
+REGISTRY.update({f"gauntlet/eval_data/{uri}": Asset(f"{LLM_FOUNDRY}/{uri}", sha, "Apache-2.0 (llm-foundry); each dataset its own terms")
+                 for uri, sha in GAUNTLET_FILES.items()})
+REGISTRY.update({
+    "text/public_domain/war_and_peace_pg2600.txt": Asset(
+        "https://www.gutenberg.org/cache/epub/2600/pg2600.txt", None, "public domain in the US (Project Gutenberg)"),
+    "text/public_domain/anna_karenina_pg1399.txt": Asset(
+        "https://www.gutenberg.org/cache/epub/1399/pg1399.txt", None, "public domain in the US (Project Gutenberg)"),
+})
+
 # %% ../nbs/00b_assets.ipynb #c921dd05
 def _complete(p: Path, name: str) -> bool:
     "Is `p` a usable copy of asset `name`? A file exists; a folder exists and holds its marker / registered files."
@@ -83,6 +125,7 @@ def _where(name: str) -> str:
 def _download(name: str) -> Path:
     "Download registered asset `name` (or every registered file under folder `name`) into the cache."
     import pooch
+    pooch.get_logger().setLevel("WARNING")    # its "Downloading ..." line would make an offline error two lines
     parts = {k: v for k, v in REGISTRY.items() if k == name or k.startswith(name + "/")}
     dest = cache_dir() / name
     for key, entry in parts.items():
@@ -93,7 +136,7 @@ def _download(name: str) -> Path:
                            processor=pooch.Unzip(extract_dir=tmp.name), progressbar=True)
             marker = sorted(tmp.rglob(entry.marker), key=lambda p: len(p.parts))
             if not marker: raise ValueError(f"{entry.url} does not hold {entry.marker}: not the {name} archive")
-            marker[0].parent.rename(target)    # the unpacked top folder becomes the asset (pooch unpacked it atomically)
+            plumbing.publish_dir(marker[0].parent, target)   # the unpacked top folder becomes the asset
         elif not target.exists():
             pooch.retrieve(entry.url, known_hash=entry.sha256, fname=target.name, path=target.parent, progressbar=False)
     return dest

@@ -12,11 +12,8 @@ import json
 import math
 import os
 import random
-import shutil
 import sys
-import tempfile
 import time
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
@@ -27,16 +24,18 @@ import torch.nn.functional as F
 import yaml
 from fastcore.script import Param, call_parse
 
+import vibenanochat.assets as assets
 import vibenanochat.model as model_lib
+import vibenanochat.plumbing as plumbing
 import vibenanochat.tokenizer as tokenizer_lib
 
 # %% auto #0
-__all__ = ['BUNDLE_URL', 'BUNDLE_ENV', 'BUNDLE_URL_ENV', 'DEFAULT_BUNDLE', 'TASK_TYPES', 'UNSCORED_TYPES', 'FIELDS', 'RENDER',
-           'FEWSHOT_SEED', 'SHUFFLE_SEED', 'EXAMPLES_PER_CHUNK', 'evaluate_bpb', 'download_bundle', 'find_bundle',
-           'TaskSpec', 'read_suite', 'check_record', 'load_jsonl', 'render_mc', 'render_schema', 'render_lm',
+__all__ = ['BUNDLE_ASSET', 'MINI_BUNDLE_ASSET', 'GAUNTLET_ASSET', 'TASK_TYPES', 'UNSCORED_TYPES', 'FIELDS', 'RENDER',
+           'FEWSHOT_SEED', 'SHUFFLE_SEED', 'EXAMPLES_PER_CHUNK', 'evaluate_bpb', 'find_bundle', 'TaskSpec',
+           'suite_files', 'read_suite', 'check_record', 'load_jsonl', 'render_mc', 'render_schema', 'render_lm',
            'fewshot_indices', 'common_prefix', 'common_suffix', 'continuation_spans', 'crop_left', 'context_length',
            'score_batch', 'model_device', 'prepare_example', 'pack', 'evaluate_task', 'centered_accuracy',
-           'suite_label', 'task_data', 'evaluate_core', 'format_table', 'write_report', 'main']
+           'suite_label', 'task_file', 'task_data', 'evaluate_core', 'format_table', 'write_report', 'main']
 
 # %% ../nbs/11_evals.ipynb #06cc9bb3
 def _dist_info() -> tuple[int, int]:
@@ -61,49 +60,32 @@ def evaluate_bpb(model, batches: Iterable, token_bytes: torch.Tensor) -> float:
     return total_nats / (math.log(2) * total_bytes) if total_bytes > 0 else float("inf")
 
 # %% ../nbs/11_evals.ipynb #856ed48e
-BUNDLE_URL = "https://karpathy-public.s3.us-west-2.amazonaws.com/eval_bundle.zip"
-BUNDLE_ENV, BUNDLE_URL_ENV = "VNC_EVAL_BUNDLE", "VNC_EVAL_BUNDLE_URL"
-DEFAULT_BUNDLE = Path("data") / "eval_bundle"
+BUNDLE_ASSET, MINI_BUNDLE_ASSET = "eval_bundle", "eval_bundle_mini"   # asset names (see the assets chapter)
+GAUNTLET_ASSET = "gauntlet/eval_data"   # gauntlet task files a bundle lacks are fetched under this name
 
-def download_bundle(dest: str | Path = DEFAULT_BUNDLE, url: str | None = None) -> Path:
-    "Download and unpack the eval bundle zip into `dest` (atomically: a half-finished download never looks like a bundle)."
-    import requests  # only needed here
-    url = url or os.environ.get(BUNDLE_URL_ENV, BUNDLE_URL)
-    dest = Path(dest); dest.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".eval_bundle.") as tmp:
-        zpath = Path(tmp) / "bundle.zip"
-        with requests.get(url, stream=True, timeout=(10, 120)) as r:
-            r.raise_for_status()
-            with open(zpath, "wb") as f:
-                for chunk in r.iter_content(1 << 20): f.write(chunk)
-        with zipfile.ZipFile(zpath) as z: z.extractall(Path(tmp) / "x")
-        found = sorted(Path(tmp, "x").rglob("core.yaml"), key=lambda p: len(p.parts))
-        if not found: raise ValueError(f"{url} holds no core.yaml: not an eval bundle")
-        if dest.exists(): shutil.rmtree(dest)
-        os.replace(found[0].parent, dest)
-    return dest
+def _asset_once(name: str, download: bool = True) -> Path:
+    "`assets.asset(name)`, fetched by local rank 0 while the other processes wait: no two processes write one cache file."
+    _, local_rank, world = plumbing.dist_info()
+    if world == 1 or not (dist.is_available() and dist.is_initialized()): return assets.asset(name, download=download)
+    err = None
+    if local_rank == 0:
+        try: assets.asset(name, download=download)
+        except FileNotFoundError as e: err = e
+    dist.barrier()
+    if err is not None: raise err
+    return assets.asset(name, download=False)
 
 def find_bundle(bundle: str | Path | None = None, download: bool = True) -> Path:
-    "The eval bundle folder: `bundle`, else $VNC_EVAL_BUNDLE, else data/eval_bundle (downloaded there when absent and online)."
-    explicit = bundle or os.environ.get(BUNDLE_ENV)
-    if explicit:
-        p = Path(explicit)
-        if not (p / "core.yaml").exists():
-            raise FileNotFoundError(f"eval bundle {p} has no core.yaml: pass --bundle DIR (or set {BUNDLE_ENV}) to a folder in nanochat's layout")
-        return p
-    p = DEFAULT_BUNDLE
-    if (p / "core.yaml").exists(): return p
-    if not download: raise FileNotFoundError(f"no eval bundle at {p}: pass --bundle DIR or set {BUNDLE_ENV}")
-    rank, world = _dist_info()
-    err = None
-    if int(os.environ.get("LOCAL_RANK", rank)) == 0:
-        try: download_bundle(p)
-        except Exception as e: err = e
-    if world > 1: dist.barrier()
+    "The eval bundle folder: `bundle` (a folder, or a bundle asset's name such as 'eval_bundle_mini'), else the asset 'eval_bundle'."
+    if not bundle:
+        try: return _asset_once(BUNDLE_ASSET, download)
+        except FileNotFoundError as e:   # the resolver's line, plus the way round it
+            raise FileNotFoundError(f"{e}; or pass --bundle DIR, or --bundle {MINI_BUNDLE_ASSET} for the small one in the repo") from None
+    p = Path(bundle)
+    if not p.exists() and str(bundle) in (BUNDLE_ASSET, MINI_BUNDLE_ASSET): p = _asset_once(str(bundle), download)
     if not (p / "core.yaml").exists():
-        why = f" ({type(err).__name__})" if err is not None else ""
-        raise FileNotFoundError(f"no eval bundle at {p} and the download from {os.environ.get(BUNDLE_URL_ENV, BUNDLE_URL)} "
-                                f"failed{why}: pass --bundle DIR (a folder with core.yaml) or set {BUNDLE_ENV}")
+        raise FileNotFoundError(f"eval bundle {p} has no core.yaml: pass --bundle a folder in nanochat's layout, "
+                                f"or {MINI_BUNDLE_ASSET} (the small one in the repo's data/)")
     return p
 
 # %% ../nbs/11_evals.ipynb #63e707b0
@@ -124,10 +106,18 @@ class TaskSpec:
 def _meta_path(bundle: Path, suite: str) -> Path:
     return bundle / ("eval_meta_data.csv" if suite == "core" else f"{suite}_meta.csv")
 
-def read_suite(bundle: str | Path, suite: str = "core") -> tuple[list[TaskSpec], dict[str, str]]:
-    "The tasks of `{suite}.yaml` in `bundle` → (specs we score, {label: why skipped})."
+def suite_files(bundle: str | Path, suite: str = "core") -> tuple[Path, Path]:
+    "`{suite}.yaml` and its metadata csv: the bundle's own; for a non-core suite the bundle lacks, the mini bundle's."
     bundle = Path(bundle)
     ypath, mpath = bundle / f"{suite}.yaml", _meta_path(bundle, suite)
+    if suite != "core" and not ypath.exists() and not mpath.exists():
+        mini = assets.asset(MINI_BUNDLE_ASSET, download=False)
+        ypath, mpath = mini / ypath.name, mini / mpath.name
+    return ypath, mpath
+
+def read_suite(bundle: str | Path, suite: str = "core") -> tuple[list[TaskSpec], dict[str, str]]:
+    "The tasks of `{suite}.yaml` in `bundle` → (specs we score, {label: why skipped})."
+    ypath, mpath = suite_files(bundle, suite)
     for p in (ypath, mpath):
         if not p.exists(): raise FileNotFoundError(f"{p} is missing: the eval bundle is incomplete (re-download it or pass --bundle)")
     text = ypath.read_text(encoding="utf-8")
@@ -336,9 +326,18 @@ def suite_label(suite: str, labels: Iterable[str], all_labels: Iterable[str]) ->
     return f"{suite.upper()}-{len(labels)}"
 
 # %% ../nbs/11_evals.ipynb #3e2ebd87
+def task_file(bundle: str | Path, uri: str, download: bool = True) -> Path | None:
+    "A task's file: the bundle's eval_data/`uri`, else the registered download gauntlet/eval_data/`uri` (sha256-checked), else None."
+    p = Path(bundle) / "eval_data" / uri
+    if p.exists(): return p
+    name = f"{GAUNTLET_ASSET}/{uri}"
+    return _asset_once(name, download) if name in assets.REGISTRY else None
+
 def task_data(bundle: str | Path, spec: TaskSpec, max_per_task: int = -1) -> list[dict]:
     "A task's records shuffled with Random(1337), then the first `max_per_task` (all when ≤ 0)."
-    data = load_jsonl(Path(bundle) / "eval_data" / spec.dataset_uri, spec.task_type)
+    path = task_file(bundle, spec.dataset_uri)
+    if path is None: raise FileNotFoundError(f"{Path(bundle) / 'eval_data' / spec.dataset_uri} is missing: task {spec.label} cannot run (pass --bundle a complete bundle)")
+    data = load_jsonl(path, spec.task_type)
     random.Random(SHUFFLE_SEED).shuffle(data)
     return data[:max_per_task] if max_per_task > 0 else data
 
@@ -360,9 +359,8 @@ def evaluate_core(model, tokenizer, bundle_dir: str | Path | None = None, max_pe
     say = log if (log is not None and _dist_info()[0] == 0) else (lambda s: None)
     results, missing = {}, []
     for spec in specs:
-        path = bundle / "eval_data" / spec.dataset_uri
-        if not path.exists():
-            missing.append(spec.label); say(f"{spec.label}: {path} is missing, left out of the score"); continue
+        if task_file(bundle, spec.dataset_uri) is None:
+            missing.append(spec.label); say(f"{spec.label}: {bundle / 'eval_data' / spec.dataset_uri} is missing, left out of the score"); continue
         t0 = time.time()
         data = task_data(bundle, spec, max_per_task)
         acc = evaluate_task(model, tokenizer, data, spec, device=device, batch_tokens=batch_tokens).mean().item()
@@ -392,24 +390,19 @@ def format_table(res: dict) -> str:
     lines.append(f"{res['label']}: {res['score']:.4f}  ({n} of {total} tasks scored in {res['seconds']:.1f}s)")
     return "\n".join(lines)
 
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
 def write_report(res: dict, out_dir: str | Path, stem: str | None = None, extra: dict | None = None) -> tuple[Path, Path]:
     "Write `{stem}.json` (the whole result, plus `extra`) and `{stem}.csv` into `out_dir` → their paths."
     out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True)
     stem = stem or f"{res['suite']}_eval"
     jpath, cpath = out_dir / f"{stem}.json", out_dir / f"{stem}.csv"
-    _atomic_text(jpath, json.dumps(dict(res, **(extra or {})), indent=2))
+    plumbing.atomic_write(jpath, json.dumps(dict(res, **(extra or {})), indent=2))
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["task", "type", "shots", "examples", "accuracy", "centered", "seconds"])
     for label, r in res["tasks"].items():
         w.writerow([label, r["type"], r["shots"], r["examples"], f"{r['accuracy']:.6f}", f"{r['centered']:.6f}", f"{r['seconds']:.2f}"])
     w.writerow([res["label"], "", "", sum(r["examples"] for r in res["tasks"].values()), "", f"{res['score']:.6f}", f"{res['seconds']:.2f}"])
-    _atomic_text(cpath, buf.getvalue())
+    plumbing.atomic_write(cpath, buf.getvalue())
     return jpath, cpath
 
 # %% ../nbs/11_evals.ipynb #37cd5ebc

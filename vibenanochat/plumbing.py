@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -16,7 +17,7 @@ import torch
 import torch.distributed as dist
 
 # %% auto #0
-__all__ = ['USER_ERRORS', 'atomic_write', 'dist_info', 'default_device', 'process_device', 'cli_errors']
+__all__ = ['USER_ERRORS', 'atomic_write', 'publish_dir', 'dist_info', 'default_device', 'process_device', 'cli_errors']
 
 # %% ../nbs/00a_plumbing.ipynb #166aaa0e
 _UMASK = os.umask(0o022); os.umask(_UMASK)   # read once: mkstemp creates 0600 files, we want the usual 0644
@@ -38,6 +39,14 @@ def atomic_write(path: str | Path, data: bytes | str | Callable[[BinaryIO], obje
         with contextlib.suppress(FileNotFoundError): os.unlink(tmp)
         raise
     return path
+
+# %% ../nbs/00a_plumbing.ipynb #c0ffee02
+def publish_dir(tmp: str | Path, final: str | Path) -> Path:
+    "Move the finished folder `tmp` to `final` with one rename (an older `final` is removed first); returns `final`."
+    final = Path(final)
+    if final.exists(): shutil.rmtree(final)
+    os.replace(tmp, final)
+    return final
 
 # %% ../nbs/00a_plumbing.ipynb #365955da
 def dist_info() -> tuple[int, int, int]:
