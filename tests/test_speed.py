@@ -88,7 +88,7 @@ def test_bf16_compile_tracks_fp32(compiled_run, fp32_run):
     assert abs(bf16[0] - fp32[0]) < 0.02, (bf16[0], fp32[0])                       # the same model and batch at step 1
     diff = max(abs(a - b) for a, b in zip(bf16, fp32))
     print(f"bf16+compile vs fp32 eager: max |Δloss| {diff:.4f} over {STEPS} steps (final {bf16[-1]:.4f} vs {fp32[-1]:.4f})")
-    assert diff < 0.15, f"bf16+compile strays {diff:.3f} from fp32: {bf16} vs {fp32}"
+    assert diff < 0.05, f"bf16+compile strays {diff:.3f} from fp32: {bf16} vs {fp32}"
 
 
 def test_compiled_checkpoint_loads_in_generate_and_evals(compiled_run, tmp_path):
@@ -98,7 +98,7 @@ def test_compiled_checkpoint_loads_in_generate_and_evals(compiled_run, tmp_path)
                         "--temperature", "0", "--max_length", "12", "--device", "cpu"],
                        capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
     assert r.returncode == 0 and r.stdout.startswith("ROMEO:") and len(r.stdout) > len("ROMEO:\n"), r.stderr[-2000:]
-    bundle = need_asset("eval_bundle")
+    bundle = need_asset("eval_bundle_mini")                # committed with the repository
     r = subprocess.run([sys.executable, "-m", "vibenanochat.evals", "--checkpoint", str(run_dir / "checkpoints" / f"step_{STEPS:06d}"),
                         "--tasks", "copa", "--max-per-task", "8", "--bundle", str(bundle), "--out", str(tmp_path / "core")],
                        capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
@@ -117,7 +117,7 @@ def test_two_processes_compiled_give_the_same_curve(shards, compiled_run, tmp_pa
     assert len(two) == STEPS
     rel = max(abs(a - b) / b for a, b in zip(two, one))
     print(f"2 processes vs 1, bf16+compile: max relative loss difference {rel:.2e}")
-    assert rel < 2e-3, (two, one)
+    assert rel < 5e-4, (two, one)
 
 
 def plain_loss(x, w, tgt, V, cap, reduction="mean"):
@@ -173,6 +173,7 @@ def test_compiled_optimizer_equals_eager():
             model(x[:, :-1], x[:, 1:]).backward()
             opt.step(); opt.zero_grad(set_to_none=True)
         runs.append([p.detach() for p in model.parameters()])
-    # rounding differs (fused kernels), and a cautious-decay sign can flip on an entry near 0: compare whole tensors
+    # rounding differs (fused kernels) and four Newton–Schulz steps amplify it (a cautious-decay sign can flip on an entry
+    # near 0): compare whole tensors; a wrong formula would be off by O(1)
     for (name, p), q in zip(model.named_parameters(), runs[0]):
-        assert ((q - p).norm() / p.norm()).item() < 1e-4, name
+        assert ((q - p).norm() / p.norm()).item() < 2e-3, name
