@@ -79,7 +79,7 @@ def test_bf16_compile_trains_without_recompiling(compiled_run):
     ls = losses(run_dir)
     assert len(ls) == STEPS and ls[-1] < ls[0] - 0.5, ls
     # graphs[s] = graphs compiled before step s: step 0 compiles model, loss kernels and one optimizer kernel per shape
-    assert graphs[0] == 0 and graphs[1] > 0, graphs
+    assert graphs[1] > graphs[0], graphs                 # (the counter is process-wide: earlier tests may have compiled)
     assert graphs[1] == graphs[-1], f"recompiled after the first step (graphs before each step: {graphs})"
 
 

@@ -157,8 +157,15 @@ def can_compile(device: torch.device) -> bool:
 
 _COMPILED: dict = {}
 def _compiled(fn):
-    "One torch.compile wrapper per kernel for the whole process, so every optimizer shares its compiled graphs."
-    if fn not in _COMPILED: _COMPILED[fn] = torch.compile(fn, dynamic=False, fullgraph=True)
+    """One torch.compile wrapper per kernel for the whole process, so every optimizer shares its compiled graphs.
+    Shapes are static for the first shape seen and symbolic from the second on (PyTorch's automatic dynamic), so a
+    model's many parameter shapes cost two compilations per kernel, not one each, and never hit the recompile limit."""
+    if fn not in _COMPILED:
+        compiled = torch.compile(fn, dynamic=None, fullgraph=True)
+        def run(*args):
+            # shards, views and options (NorMuon on/off, scheme) add variants: allow more than dynamo's default 8
+            with torch._dynamo.config.patch(recompile_limit=64): return compiled(*args)
+        _COMPILED[fn] = run
     return _COMPILED[fn]
 
 class MuonAdamW(torch.optim.Optimizer):
