@@ -13,7 +13,7 @@ DEMO_TOKENS ?= 3000000
 DEMO_TRAIN ?= --depth 4 --seq-len 256 --device-batch-size 8 --total-batch-size 4096 --target-flops 6e12 \
   --eval-every 20 --eval-tokens 32768 --sample-every 1000 --save-every 20 --log-every 5
 
-.PHONY: help install environment format chromium demo data train ddp-train eval run-scaling-law gpu-status kill-gpu test export check-export lab clean-nbs
+.PHONY: help install environment format gpu-check chromium demo data train ddp-train eval run-scaling-law gpu-status kill-gpu test export check-export lab clean-nbs
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-14s %s\n", $$1, $$2}'
@@ -60,6 +60,9 @@ gpu-status: ## GPUs, their memory, and this project's training processes on them
 	for p in $$(nvidia-smi --query-compute-apps=pid --format=csv,noheader); do \
 	  cmd=$$(tr '\0' ' ' < /proc/$$p/cmdline 2>/dev/null); case "$$cmd" in *vibenanochat*train*) echo "pid $$p: $$cmd";; esac; done
 
+gpu-check: $(STAMP) ## the GPU check (versions, bf16+compile tok/s and MFU at depth 12 and 20, FlexAttention, resume, memory); one line without CUDA
+	$(PY) bench/gpu_check.py
+
 kill-gpu: ## stop this project's training processes on the GPUs (by pid, nothing else)
 	@command -v nvidia-smi >/dev/null || { echo "no NVIDIA GPU here (nvidia-smi not found)"; exit 0; }; \
 	for p in $$(nvidia-smi --query-compute-apps=pid --format=csv,noheader); do \
@@ -84,6 +87,7 @@ chromium: ## Debian's chromium for the widget's browser test (installed with apt
 	  else echo "chromium is missing and this is not root: the browser test will skip (apt-get install chromium)"; fi; fi
 
 test: $(STAMP) chromium check-export ## set-up plus the whole test suite (notebooks included)
+	$(PY) bench/gpu_check.py
 	$(PY) -m pytest
 
 lab: $(STAMP) ## JupyterLab on the chapters

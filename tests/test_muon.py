@@ -113,3 +113,13 @@ def test_changing_hyperparameters_does_not_recompile():
     for t, lr in ((1, 0.3), (2, 0.2), (3, 0.0)):
         astep(w, torch.randn(8, 4), m, v, *(torch.tensor(float(x)) for x in (t, lr, 0.8, 0.95, 1e-10, 0.0)))
     assert len(graphs) == 1, f"{len(graphs)} graphs: an AdamW hyper-parameter change recompiled the step"
+    # the real thing on this CPU: the optimizer compiles its kernels by default (inductor, as on a GPU); after the
+    # first step (one graph per bucket and parameter shape) moving schedules compile nothing more
+    from torch._dynamo.utils import counters
+    torch._dynamo.reset()
+    model, opt = fresh()
+    assert opt._muon_kernel is not muon_update and opt._adamw_kernel is not adamw_update, "optimizer not compiled on CPU"
+    train(model, opt, range(1), 6)
+    warm = dict(counters["stats"])
+    train(model, opt, range(1, 6), 6)
+    assert counters["stats"]["unique_graphs"] == warm["unique_graphs"] > 0, (warm, dict(counters["stats"]))

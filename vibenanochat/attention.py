@@ -10,11 +10,13 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
 from .config import GPTConfig
 
 # %% auto #0
-__all__ = ['norm', 'rope_cache', 'apply_rope', 'attention_mask', 'attend', 'KVCache', 'CausalSelfAttention']
+__all__ = ['norm', 'rope_cache', 'apply_rope', 'attention_mask', 'attend', 'use_flex', 'window_attention', 'KVCache',
+           'CausalSelfAttention']
 
 # %% ../nbs/02_attention.ipynb #b6e955d7
 def norm(x: torch.Tensor) -> torch.Tensor:
@@ -50,10 +52,24 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int, q_off
     gqa = q.size(1) != k.size(1)
     if q_offset == 0 and Tq == Tk and window >= Tk:          # training / prefill: the fused causal kernel
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+    if q_offset == 0 and Tq == Tk and use_flex(q):            # training a sliding window on a GPU: skip the empty blocks
+        return window_attention(q, k, v, window)
     if Tq == 1 and q_offset == Tk - 1 and window >= Tk:       # one new token that sees the whole cache
         return F.scaled_dot_product_attention(q, k, v, enable_gqa=gqa)
     mask = attention_mask(Tq, Tk, q_offset, window, device=q.device)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
+
+# %% ../nbs/02_attention.ipynb #8a19111b
+def use_flex(q: torch.Tensor) -> bool:
+    "FlexAttention for a sliding window: only inside a compiled model on a GPU (it is slow eager, and has no CPU backward)."
+    return q.is_cuda and torch.compiler.is_compiling()
+
+def window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int) -> torch.Tensor:
+    "Causal sliding-window (grouped-query) attention of T queries on the same T keys by FlexAttention."
+    T = q.size(2)
+    def causal_window(b, h, qi, ki): return (ki <= qi) & (qi - ki < window)
+    block_mask = create_block_mask(causal_window, None, None, T, T, device=q.device)   # traced into the compiled graph
+    return flex_attention(q, k, v, block_mask=block_mask, enable_gqa=q.size(1) != k.size(1))
 
 # %% ../nbs/02_attention.ipynb #c10924c3
 class KVCache:

@@ -17,7 +17,7 @@ from .config import GPTConfig, count_params, flops_per_token
 from .mlp import MLP
 
 # %% auto #0
-__all__ = ['Block', 'GPT', 'sample_token']
+__all__ = ['Block', 'GPT', 'sample_token', 'loss_chunk_rows', 'softcap_cross_entropy']
 
 # %% ../nbs/04_model.ipynb #2ab0e36e
 class Block(nn.Module):
@@ -83,10 +83,15 @@ class GPT(nn.Module):
             ve = self.value_embeds[str(i)](idx) if str(i) in self.value_embeds else None
             x = block(x, self.cos, self.sin, self.windows[i], ve, kv_cache)
         if kv_cache is not None: kv_cache.advance(T)
-        logits = self.lm_head(norm(x))[..., :cfg.vocab_size].float()   # crop the padding, then fp32
-        logits = cfg.softcap * torch.tanh(logits / cfg.softcap)
-        if targets is None: return logits
-        loss = F.cross_entropy(logits.view(-1, cfg.vocab_size), targets.reshape(-1), ignore_index=-1, reduction=loss_reduction)
+        x = norm(x)
+        if targets is None:
+            logits = self.lm_head(x)[..., :cfg.vocab_size].float()   # crop the padding, then fp32
+            return cfg.softcap * torch.tanh(logits / cfg.softcap)
+        # training and evaluation never hold the (B·T, vocab) logits: head, softcap and loss run over chunks of rows,
+        # with the chunk kernels compiled exactly when this forward is being compiled
+        loss = softcap_cross_entropy(x.reshape(B * T, -1), self.lm_head.weight, targets.reshape(-1), cfg.vocab_size,
+                                     cfg.softcap, ignore_index=-1, reduction=loss_reduction,
+                                     compiled=torch.compiler.is_compiling())
         return loss.view(B, T) if loss_reduction == "none" else loss
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
@@ -134,3 +139,105 @@ def sample_token(logits: torch.Tensor, temperature: float = 1.0, top_k: int | No
         drop = cum - sorted_logits.softmax(-1) >= top_p      # tokens entirely beyond the nucleus
         logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
     return torch.multinomial(logits.softmax(-1), 1, generator=generator)
+
+# %% ../nbs/04_model.ipynb #0a3c13f1
+def _chunk_loss(x: torch.Tensor, w: torch.Tensor, tgt: torch.Tensor, cap: float, ignore_index: int) -> torch.Tensor:
+    "Per-row loss of one chunk of rows (0 where the target is `ignore_index`)."
+    s = torch.tanh((x @ w.mT).float() / cap) * cap
+    valid = tgt != ignore_index
+    picked = s.gather(1, torch.where(valid, tgt, 0)[:, None]).squeeze(1)
+    return torch.where(valid, torch.logsumexp(s, dim=-1) - picked, 0.0)
+
+def _chunk_grad(x: torch.Tensor, w: torch.Tensor, tgt: torch.Tensor, g: torch.Tensor, cap: float,
+                ignore_index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    "Per-row loss of one chunk and d(Σ g·loss)/d(raw logits) in x's dtype; in place wherever possible (one chunk of memory)."
+    t = (x @ w.mT).float().div_(cap).tanh_()
+    # |s| < cap, so Σ exp(s) cannot overflow fp32 (cap ≤ 80): no max-subtraction pass, and the exps are reused below
+    e = (t * cap).exp_() if cap <= 80 else (t * cap - cap).exp_()
+    total = e.sum(dim=-1)
+    lse = total.log() if cap <= 80 else total.log() + cap
+    valid = tgt != ignore_index
+    safe = torch.where(valid, tgt, 0)[:, None]
+    loss = torch.where(valid, lse - cap * t.gather(1, safe).squeeze(1), 0.0)
+    p = e.div_(total[:, None])                                       # softmax of the capped logits ...
+    p.scatter_add_(1, safe, torch.full_like(lse, -1.0)[:, None])     # ... minus the one-hot target
+    p.addcmul_(p, t.square_(), value=-1)                             # chain rule through cap·tanh(z/cap): × (1 − t²)
+    return loss, p.mul_(torch.where(valid, g, 0.0)[:, None]).to(x.dtype)
+
+def _accumulate(gw: torch.Tensor, d: torch.Tensor, x: torch.Tensor) -> None:
+    "gw (fp32) += dᵀ x, the matmul in the inputs' dtype."
+    if d.dtype == gw.dtype: gw.addmm_(d.mT, x)
+    else: gw.add_(d.mT @ x)
+
+_compiled: dict = {}
+def _kernel(fn, compiled: bool):
+    "`fn`, or its torch.compile'd version (one graph per chunk shape, shared by every call)."
+    if not compiled: return fn
+    if fn not in _compiled: _compiled[fn] = torch.compile(fn, dynamic=False, fullgraph=True)
+    return _compiled[fn]
+
+def loss_chunk_rows(vocab_size: int, budget: int = 2**25) -> int:
+    "Most rows per chunk: about `budget` fp32 logits (128 MB) at a time, a multiple of 64 rows."
+    return max(64, budget // vocab_size // 64 * 64)
+
+class _SoftcapCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, w, tgt, V, cap, ignore_index, reduction, chunk, compiled, grad_now):
+        N = x.size(0)
+        wv = w[:V]                                                  # the head without its padding rows
+        loss = x.new_empty(N, dtype=torch.float32)
+        n_valid = (tgt != ignore_index).sum()
+        if grad_now:                                                # mean/sum: the gradient of every row is known now
+            gx, gw = torch.empty_like(x), torch.zeros(w.shape, dtype=torch.float32, device=w.device)
+            ones = torch.ones(min(chunk, N), device=x.device)
+            for i in range(0, N, chunk):
+                xc = x[i:i + chunk]
+                loss[i:i + chunk], d = _kernel(_chunk_grad, compiled)(xc, wv, tgt[i:i + chunk], ones[:xc.size(0)], cap, ignore_index)
+                torch.mm(d, wv, out=gx[i:i + chunk])
+                _accumulate(gw[:V], d, xc)
+            ctx.save_for_backward(gx, gw, n_valid)
+        else:                                                       # no gradient, or 'none': keep only the inputs
+            for i in range(0, N, chunk):
+                loss[i:i + chunk] = _kernel(_chunk_loss, compiled)(x[i:i + chunk], wv, tgt[i:i + chunk], cap, ignore_index)
+            ctx.save_for_backward(x, w, tgt, n_valid)
+        ctx.args = (V, cap, ignore_index, reduction, chunk, compiled, grad_now)
+        if reduction == "none": return loss
+        return loss.sum() if reduction == "sum" else loss.sum() / n_valid
+
+    @staticmethod
+    def backward(ctx, g):
+        V, cap, ignore_index, reduction, chunk, compiled, grad_now = ctx.args
+        nones = (None,) * 8
+        if grad_now:
+            gx, gw, n_valid = ctx.saved_tensors
+            scale = g if reduction == "sum" else g / n_valid
+            return (gx * scale).to(gx.dtype), (gw * scale).to(gx.dtype), *nones
+        x, w, tgt, n_valid = ctx.saved_tensors                     # recompute each chunk with the row weights g
+        N, wv = x.size(0), w[:V]
+        rows = g.float() if reduction == "none" else (g if reduction == "sum" else g / n_valid).float().expand(N)
+        gx, gw = torch.empty_like(x), torch.zeros(w.shape, dtype=torch.float32, device=w.device)
+        for i in range(0, N, chunk):
+            xc = x[i:i + chunk]
+            _, d = _kernel(_chunk_grad, compiled)(xc, wv, tgt[i:i + chunk], rows[i:i + chunk].contiguous(), cap, ignore_index)
+            torch.mm(d, wv, out=gx[i:i + chunk])
+            _accumulate(gw[:V], d, xc)
+        return gx, gw.to(w.dtype), *nones
+
+@torch.compiler.disable           # a compiled model breaks its graph here; the chunk kernels compile on their own
+def softcap_cross_entropy(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, vocab_size: int, softcap: float,
+                          ignore_index: int = -1, reduction: str = "mean", chunk_rows: int | None = None,
+                          compiled: bool = False) -> torch.Tensor:
+    """`F.cross_entropy(softcap·tanh((x Wᵀ)[:, :vocab_size] / softcap), targets)` for x (N, C), W (V_padded, C),
+    without ever holding all N × vocab_size logits: chunks of rows, gradients computed chunk by chunk."""
+    if reduction not in ("mean", "sum", "none"): raise ValueError(f"reduction {reduction!r}: use 'mean', 'sum' or 'none'")
+    dev = x.device.type
+    if torch.is_autocast_enabled(dev):                              # autocast's matmul dtype, decided here once
+        dt = torch.get_autocast_dtype(dev)
+        x, weight = x.to(dt), weight.to(dt)
+    else: weight = weight.to(x.dtype)
+    grad_now = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad) and reduction != "none"
+    most = chunk_rows or loss_chunk_rows(vocab_size)
+    chunk = -(-x.size(0) // -(-x.size(0) // most))                 # equal chunks (one compiled shape), none above `most`
+    with torch.autocast(dev, enabled=False):
+        return _SoftcapCrossEntropy.apply(x, weight, targets, vocab_size, float(softcap), ignore_index, reduction,
+                                          chunk, compiled, grad_now)

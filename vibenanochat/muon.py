@@ -14,8 +14,9 @@ from .config import batch_lr_scale, depth_wd_scale
 
 # %% auto #0
 __all__ = ['QUINTIC', 'POLAR_EXPRESS', 'SCHEMES', 'MUON_DEFAULTS', 'ADAMW_DEFAULTS', 'ns_coefficients', 'orthogonalize',
-           'normuon_scale', 'muon_update', 'adamw_update', 'Bucket', 'muon_buckets', 'MuonAdamW', 'state_numel',
-           'muon_adamw_groups', 'lr_multiplier', 'muon_momentum', 'weight_decay_multiplier', 'apply_schedules']
+           'normuon_scale', 'muon_update', 'adamw_update', 'Bucket', 'muon_buckets', 'can_compile', 'MuonAdamW',
+           'state_numel', 'muon_adamw_groups', 'lr_multiplier', 'muon_momentum', 'weight_decay_multiplier',
+           'apply_schedules']
 
 # %% ../nbs/05_muon.ipynb #2fbff001
 QUINTIC = (3.4445, -4.7750, 2.0315)   # Muon's original fixed quintic: fast, leaves singular values in ~[0.7, 1.2]
@@ -47,10 +48,13 @@ def orthogonalize(G: Tensor, steps: int = 5, scheme: str = "polar_express", dtyp
     # the spectral norm is at most the Frobenius norm, so this puts every singular value in [0, 1]
     safety, eps = (1.02, 1e-6) if scheme == "polar_express" else (1.0, 1e-7)
     X = X / (X.norm(dim=(-2, -1), keepdim=True) * safety + eps)
+    lead = X.shape[:-2]
+    X = X.reshape(-1, *X.shape[-2:])       # one batch dimension, for the fused batched matmul-adds
     for a, b, c in coeffs:
         A = X @ X.mT
-        B = b * A + c * (A @ A)
-        X = a * X + B @ X                  # = aX + b(XXᵀ)X + c(XXᵀ)²X: p acts on each singular value
+        B = torch.baddbmm(A, A, A, beta=b, alpha=c)      # b·A + c·A², one kernel
+        X = torch.baddbmm(X, B, X, beta=a)               # a·X + B·X = aX + b(XXᵀ)X + c(XXᵀ)²X: p acts on each singular value
+    X = X.reshape(*lead, *X.shape[-2:])
     return X.mT if tall else X
 
 # %% ../nbs/05_muon.ipynb #5a30d191
@@ -86,11 +90,13 @@ def adamw_update(p: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, s
     "One AdamW step in place (decoupled weight decay, bias-corrected moments); hyper-parameters as 0-D tensors."
     dev = p.device
     lr, beta1, beta2, eps, wd, step = (t.to(dev) for t in (lr, beta1, beta2, eps, wd, step))
+    # compiled (the default wherever torch.compile works) this whole function is one pass over the tensors;
+    # eager, the in-place chain below keeps it to one temporary
     p.mul_(1 - lr * wd)
     exp_avg.lerp_(grad, (1 - beta1).to(grad.dtype))
     exp_avg_sq.lerp_(grad.square(), (1 - beta2).to(grad.dtype))
-    denom = (exp_avg_sq / (1 - beta2 ** step)).sqrt() + eps
-    p.sub_((lr / (1 - beta1 ** step)) * (exp_avg / denom))
+    denom = exp_avg_sq.div((1 - beta2 ** step).to(grad.dtype)).sqrt_().add_(eps.to(grad.dtype))
+    p.sub_(torch.div(exp_avg, denom, out=denom).mul_((lr / (1 - beta1 ** step)).to(grad.dtype)))
 
 # %% ../nbs/05_muon.ipynb #511b50af
 MUON_DEFAULTS = dict(lr=0.02, momentum=0.95, weight_decay=0.0, beta2=0.95, ns_steps=5, scheme="polar_express",
@@ -139,6 +145,29 @@ def _grad(p: Tensor) -> Tensor:
     return p.grad if p.grad is not None else torch.zeros_like(p)
 
 # %% ../nbs/05_muon.ipynb #67454a74
+def can_compile(device: torch.device) -> bool:
+    "Whether torch.compile's default backend can build kernels for `device`: CUDA, or a CPU with a C++ compiler."
+    if device.type == "cuda": return True
+    if device.type != "cpu": return False
+    try:
+        from torch._inductor.cpp_builder import get_cpp_compiler
+        return bool(get_cpp_compiler())
+    except Exception:                      # no compiler found (inductor raises), or an inductor without the helper
+        return False
+
+_COMPILED: dict = {}
+def _compiled(fn):
+    """One torch.compile wrapper per kernel for the whole process, so every optimizer shares its compiled graphs.
+    Shapes are static for the first shape seen and symbolic from the second on (PyTorch's automatic dynamic), so a
+    model's many parameter shapes cost two compilations per kernel, not one each, and never hit the recompile limit."""
+    if fn not in _COMPILED:
+        compiled = torch.compile(fn, dynamic=None, fullgraph=True)
+        def run(*args):
+            # shards, views and options (NorMuon on/off, scheme) add variants: allow more than dynamo's default 8
+            with torch._dynamo.config.patch(recompile_limit=64): return compiled(*args)
+        _COMPILED[fn] = run
+    return _COMPILED[fn]
+
 class MuonAdamW(torch.optim.Optimizer):
     "Muon for groups of kind 'muon' (2-D matrices), AdamW for groups of kind 'adamw', in one `step()`."
     world_size, rank = 1, 0
@@ -147,10 +176,10 @@ class MuonAdamW(torch.optim.Optimizer):
         groups = [_check_group(g, i) for i, g in enumerate(param_groups)]
         super().__init__(groups, {})
         params = [p for g in self.param_groups for p in g["params"]]
-        if compile is None: compile = bool(params) and params[0].is_cuda
+        if compile is None: compile = bool(params) and can_compile(params[0].device)
         # compiled kernels see hyper-parameters as 0-D CPU tensors: changing a value never recompiles
-        self._muon_kernel = torch.compile(muon_update, dynamic=False, fullgraph=True) if compile else muon_update
-        self._adamw_kernel = torch.compile(adamw_update, dynamic=False, fullgraph=True) if compile else adamw_update
+        self._muon_kernel = _compiled(muon_update) if compile else muon_update
+        self._adamw_kernel = _compiled(adamw_update) if compile else adamw_update
         self._hp = {k: torch.tensor(0.0) for k in ("lr", "momentum", "wd", "beta1", "beta2", "eps", "step")}
         self.buckets = muon_buckets(self.param_groups)
         self._assign_ownership()

@@ -262,7 +262,8 @@ def _train(tc: TrainConfig, d: Dist) -> dict:
     torch.manual_seed(tc.seed)
     model.init_weights()                  # same seed on every rank: identical initial weights
     optimizer = distmuon.make_optimizer(model, depth=tc.depth, total_batch_size=batch_tokens, matrix_lr=tc.matrix_lr, embedding_lr=tc.embedding_lr,
-                                        unembedding_lr=tc.unembedding_lr, scalar_lr=tc.scalar_lr, weight_decay=tc.weight_decay)
+                                        unembedding_lr=tc.unembedding_lr, scalar_lr=tc.scalar_lr, weight_decay=tc.weight_decay,
+                                        compile=use_compile)   # the model and its optimizer compile together, or neither
     loaders = make_train_loaders(tc, plan, d)
     loop = dict(ema=0.0, time=0.0, val_bpb=None, core=None)
     if ckpt is not None:
