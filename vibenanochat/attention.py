@@ -5,8 +5,6 @@
 # %% ../nbs/02_attention.ipynb #5c312426
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F

@@ -17,7 +17,6 @@ import torch
 
 import vibenanochat.data as data
 import vibenanochat.plumbing as plumbing
-import vibenanochat.tokenizer as tok
 
 # %% auto #0
 __all__ = ['ShardReader', 'BestFitBuffer', 'pack_rows', 'DataLoader']

@@ -13,7 +13,7 @@ from torch import Tensor
 
 import vibenanochat.plumbing as plumbing
 
-from .muon import MuonAdamW, _grad, muon_adamw_groups, state_numel
+from .muon import MuonAdamW, _grad, muon_adamw_groups
 
 # %% auto #0
 __all__ = ['REPLICATE_BELOW', 'row_shard', 'muon_counts', 'DistMuonAdamW', 'make_optimizer']

@@ -10,7 +10,6 @@ import io
 import itertools
 import json
 import math
-import os
 import random
 import sys
 import time
@@ -25,7 +24,6 @@ import yaml
 from fastcore.script import Param, call_parse
 
 import vibenanochat.assets as assets
-import vibenanochat.model as model_lib
 import vibenanochat.plumbing as plumbing
 import vibenanochat.tokenizer as tokenizer_lib
 
@@ -38,8 +36,6 @@ __all__ = ['BUNDLE_ASSET', 'MINI_BUNDLE_ASSET', 'GAUNTLET_ASSET', 'TASK_TYPES', 
            'suite_label', 'task_file', 'task_data', 'evaluate_core', 'format_table', 'write_report', 'main']
 
 # %% ../nbs/11_evals.ipynb #06cc9bb3
-import vibenanochat.plumbing as plumbing
-
 def _dist_info() -> tuple[int, int]:
     "(rank, world size) of the process group (read by `plumbing.dist_info`); (0, 1) without one."
     if not (dist.is_available() and dist.is_initialized()): return 0, 1
