@@ -10,10 +10,9 @@ from typing import Iterator
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from .attention import CausalSelfAttention, KVCache, norm, rope_cache
-from .config import GPTConfig, count_params, flops_per_token
+from .config import GPTConfig, flops_per_token
 from .mlp import MLP
 
 # %% auto #0
