@@ -10,8 +10,12 @@ SCALE ?= gpu
 TARGET_FLOPS ?=
 DEMO_DATA ?= data/demo
 DEMO_TOKENS ?= 3000000
-DEMO_TRAIN ?= --depth 4 --seq-len 256 --device-batch-size 8 --total-batch-size 4096 --target-flops 6e12 \
-  --eval-every 20 --eval-tokens 32768 --sample-every 1000 --save-every 20 --log-every 5
+DEMO_TOKENIZER ?= bpe:4096
+# depth 4, T 256, 4,096-token steps, 128 steps = 0.52 M tokens: the point the LR rule was measured at (nbs/00_config);
+# learning rates and weight decay are the library's rules, nothing overridden
+DEMO_TRAIN ?= --depth 4 --seq-len 256 --device-batch-size 16 --total-batch-size 4096 --num-iterations 128 --dtype bf16 \
+  --eval-every 32 --eval-tokens 32768 --sample-every 128 --save-every 64 --log-every 8
+DEMO_PROMPT ?= ROMEO:
 
 .PHONY: help install environment format gpu-check chromium demo data train ddp-train eval run-scaling-law gpu-status kill-gpu test export check-export lab clean-nbs
 
@@ -33,10 +37,10 @@ format: $(STAMP) ## ruff formats the chapters (it reads .ipynb) and the tests, t
 	$(VENV)/bin/nbdev_export
 
 demo: $(STAMP) ## the main job on its embedded default: data, a small model trained for a few minutes, samples
-	$(PY) -m vibenanochat.data $(or $(DATA),auto) --out $(DEMO_DATA) --tokenizer auto --max-tokens $(DEMO_TOKENS)
+	$(PY) -m vibenanochat.data $(or $(DATA),auto) --out $(DEMO_DATA) --tokenizer $(DEMO_TOKENIZER) --max-tokens $(DEMO_TOKENS)
 	rm -rf logs/demo  # each demo is a fresh run
 	$(PY) -m vibenanochat.train --data-dir $(DEMO_DATA) --run-name demo --log-dir logs $(DEMO_TRAIN)
-	$(PY) -m vibenanochat.generate --checkpoint logs/demo --prompt "The meaning of" --max_length 40 --temperature 0.8 --top_k 50 --num_samples 3
+	$(PY) -m vibenanochat.generate --checkpoint logs/demo --prompt "$(DEMO_PROMPT)" --max_length 80 --temperature 0.8 --top_k 50 --num_samples 3
 
 data: $(STAMP) ## prepare FineWeb-Edu sample-10BT (or DATA=path) as tokenized shards in data/
 	$(PY) -m vibenanochat.data $(or $(DATA),fineweb-edu) $(DATA_ARGS)

@@ -74,9 +74,13 @@ def test_scaling_rules_and_groups():
     model = GPT(GPTConfig.from_depth(3, vocab_size=200, seq_len=32))
     opt = make_optimizer(model, depth=8, total_batch_size=2**21)
     lr = {g["name"]: g["initial_lr"] for g in opt.param_groups}
-    assert math.isclose(lr["matrix"], 0.02 * 2) and math.isclose(lr["embedding"], 0.3 * 2) and math.isclose(lr["unembedding"], 0.004 * 2)
+    s = 4 ** -0.15                                                           # the measured rule: (B / 2^19)^gamma, gamma = -0.15
+    assert math.isclose(lr["matrix"], 0.02 * s) and math.isclose(lr["embedding"], 0.3 * s) and math.isclose(lr["unembedding"], 0.004 * s)
     muon = opt.param_groups[0]
-    assert muon["kind"] == "muon" and math.isclose(muon["initial_weight_decay"], 0.2 * (12 / 8) ** 2)
+    assert muon["kind"] == "muon" and muon["initial_weight_decay"] == 0.2   # flat below depth 12
+    big = make_optimizer(GPT(GPTConfig.from_depth(2, vocab_size=200, seq_len=32)), depth=24, total_batch_size=2**19)
+    assert math.isclose(big.param_groups[0]["initial_weight_decay"], 0.2 * (12 / 24) ** 2)  # (12/depth)^2 above it
+    assert math.isclose(big.param_groups[0]["initial_lr"], 0.02)                           # the tuned constants at 2^19
     assert all(g["weight_decay"] == 0 for g in opt.param_groups if g["kind"] == "adamw")
     assert "value_embeds" not in lr and "resid_lambdas" not in lr           # empty groups are left out
     assert type(opt) is MuonAdamW and not isinstance(opt, DistMuonAdamW)    # no process group

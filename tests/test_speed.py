@@ -20,9 +20,7 @@ from vibenanochat.muon import adamw_update, apply_schedules, muon_update
 
 STEPS = 24
 ARGS = dict(depth=2, seq_len=64, device_batch_size=4, total_batch_size=512, num_iterations=STEPS, eval_every=-1,
-            eval_tokens=1024, log_every=1, device="cpu", window_pattern="SL",
-            # toy batch and depth: raise the base LRs (scaled by sqrt(512/2^19)) and drop the (12/2)^2 weight decay
-            matrix_lr=0.3, embedding_lr=3.0, unembedding_lr=0.05, weight_decay=0.0)
+            eval_tokens=1024, log_every=1, device="cpu", window_pattern="SL")   # the library's LR and WD rules
 
 
 def cli_flags(**kw) -> list[str]:

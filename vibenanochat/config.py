@@ -9,8 +9,8 @@ import math
 from dataclasses import asdict, dataclass, fields
 
 # %% auto #0
-__all__ = ['REFERENCE_BATCH', 'REFERENCE_DEPTH', 'GPTConfig', 'count_params', 'flops_per_token', 'batch_lr_scale',
-           'depth_wd_scale', 'depth_table', 'format_table', 'underscore_flags']
+__all__ = ['REFERENCE_BATCH', 'REFERENCE_DEPTH', 'LR_BATCH_EXPONENT', 'WD_MIN_DEPTH', 'GPTConfig', 'count_params',
+           'flops_per_token', 'batch_lr_scale', 'depth_wd_scale', 'depth_table', 'format_table', 'underscore_flags']
 
 # %% ../nbs/00_config.ipynb #9d016893
 @dataclass
@@ -108,18 +108,20 @@ def flops_per_token(cfg: GPTConfig) -> int:
     return 6 * matmul + attn
 
 # %% ../nbs/00_config.ipynb #f63fce0c
-REFERENCE_BATCH = 2**19   # tokens per step at which the learning rates were tuned
+REFERENCE_BATCH = 2**19     # tokens per step at which the learning rates were tuned (depth 12)
 REFERENCE_DEPTH = 12
+LR_BATCH_EXPONENT = -0.15    # γ in LR ∝ (B/2¹⁹)^γ, fitted on CPU runs (section "Measuring the rules"); not the textbook ½
+WD_MIN_DEPTH = 12           # below depth 12 the decay stays at its reference value instead of growing as (12/depth)²
 
-def batch_lr_scale(total_batch_size: int, reference: int = REFERENCE_BATCH) -> float:
-    "Multiplier for every learning rate: √(B / 2¹⁹)."
+def batch_lr_scale(total_batch_size: int, reference: int = REFERENCE_BATCH, exponent: float = LR_BATCH_EXPONENT) -> float:
+    "Multiplier for every learning rate: (B / 2¹⁹)^γ with the measured γ; exactly 1 at the reference batch."
     if total_batch_size < 1: raise ValueError(f"total batch size must be >= 1 token (got {total_batch_size})")
-    return math.sqrt(total_batch_size / reference)
+    return (total_batch_size / reference) ** exponent
 
-def depth_wd_scale(depth: int, reference: int = REFERENCE_DEPTH) -> float:
-    "Multiplier for weight decay: (12 / depth)²."
+def depth_wd_scale(depth: int, reference: int = REFERENCE_DEPTH, min_depth: int = WD_MIN_DEPTH) -> float:
+    "Multiplier for Muon's weight decay: (12 / depth)² from depth 12 up, 1 below (the old rule exploded there)."
     if depth < 1: raise ValueError(f"depth must be >= 1 (got {depth})")
-    return (reference / depth) ** 2
+    return (reference / max(depth, min_depth)) ** 2
 
 # %% ../nbs/00_config.ipynb #feb6a5f2
 def depth_table(depths=range(2, 25), vocab_size: int = 50257, seq_len: int = 1024) -> list[dict]:

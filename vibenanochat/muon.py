@@ -294,7 +294,7 @@ def muon_adamw_groups(model, *, depth: int, total_batch_size: int, matrix_lr: fl
                       unembedding_lr: float = 0.004, scalar_lr: float = 0.5, weight_decay: float = 0.2,
                       adam_betas: tuple[float, float] = (0.8, 0.95), normuon: bool = True, cautious: bool = True,
                       scheme: str = "polar_express", ns_steps: int = 5) -> list[dict]:
-    "The optimizer groups of a GPT: LRs × √(B/2¹⁹), Muon weight decay × (12/depth)²; empty groups are left out."
+    "The optimizer groups of a GPT: LRs × `batch_lr_scale(B)`, Muon weight decay × `depth_wd_scale(depth)`; empty groups are left out."
     s, pg = batch_lr_scale(total_batch_size), model.param_groups()
     groups = [
         dict(name="matrix", kind="muon", params=pg["matrix"], lr=matrix_lr * s, momentum=0.95,

@@ -23,9 +23,8 @@ import vibenanochat.plumbing as plumbing
 import vibenanochat.scaling as scaling
 
 # %% auto #0
-__all__ = ['TRAIN_FLAGS', 'CPU_LR_OVERRIDES', 'SCALES', 'RunSpec', 'torchrun_conflicts', 'has_checkpoint', 'train_command',
-           'plan_sweep', 'format_plan', 'final_metrics', 'result_row', 'collect_results', 'run_sweep',
-           'prepare_sweep_data', 'main']
+__all__ = ['TRAIN_FLAGS', 'SCALES', 'RunSpec', 'torchrun_conflicts', 'has_checkpoint', 'train_command', 'plan_sweep',
+           'format_plan', 'final_metrics', 'result_row', 'collect_results', 'run_sweep', 'prepare_sweep_data', 'main']
 
 # %% ../nbs/12a_sweep.ipynb #41ece522
 def _short(x: float) -> str:
@@ -205,18 +204,12 @@ def run_sweep(specs: list[RunSpec], log_dir, ngpus: int = 1, extra=(), results=N
     return rows
 
 # %% ../nbs/12a_sweep.ipynb #b90e7943
-# The cpu preset's hand-tuned optimizer settings for tiny models (see the list above), kept in this one
-# place: they go once the trainer's own learning-rate and weight-decay rules suit depth 1-5 at 1,024-token batches.
-CPU_LR_OVERRIDES = ("--matrix-lr", "0.32", "--embedding-lr", "4.8", "--unembedding-lr", "0.064",
-                    "--scalar-lr", "8", "--weight-decay", "0")
-
 SCALES = {   # train_args go to the trainer as they are; the planner reads --data-dir, --seq-len, --total-batch-size from them
     "gpu": dict(depths=(10, 12, 14, 16, 18, 20), budgets=(1e18, 2e18, 3e18, 6e18), min_steps=100, train_args=()),
     "cpu": dict(depths=(1, 2, 3, 4, 5), budgets=(3e12, 6e12, 1.2e13), min_steps=20,
                 data=dict(out="data/scaling_cpu", source="auto", vocab=1024, max_tokens=8_000_000),
                 train_args=("--data-dir", "data/scaling_cpu", "--seq-len", "128", "--device-batch-size", "8",
-                            "--total-batch-size", "1024", "--eval-every", "-1", "--eval-tokens", "131072")
-                           + CPU_LR_OVERRIDES),
+                            "--total-batch-size", "1024", "--eval-every", "-1", "--eval-tokens", "131072")),
 }
 
 # %% ../nbs/12a_sweep.ipynb #1d863bd0

@@ -52,7 +52,7 @@ class TrainConfig:
     embedding_lr: float = option(0.3, "AdamW LR for the embedding")
     unembedding_lr: float = option(0.004, "AdamW LR for the head")
     scalar_lr: float = option(0.5, "AdamW LR for the scalars")
-    weight_decay: float = option(0.2, "weight decay at depth 12 (scaled by (12/depth)^2)")
+    weight_decay: float = option(0.2, "Muon weight decay at depth 12 (x (12/depth)^2 above depth 12, flat below)")
     warmup_steps: int = option(0, "linear LR warm-up steps")
     warmdown_frac: float = option(0.4, "share of the steps with a linear warm-down to 0")
     window_pattern: str = option("L", "attention windows tiled over layers: L full, S short, e.g. SSSL")
@@ -198,7 +198,7 @@ def sample_prompts(model: GPT, enc, max_new_tokens: int = 16) -> list[str]:
 class Diverged(RuntimeError): "The training loss became NaN or infinite (the run stops without saving)."
 
 def format_header(tc: TrainConfig, cfg: GPTConfig, plan: dict, d: Dist, dtype, use_compile: bool, tok_name: str) -> str:
-    from vibenanochat.config import batch_lr_scale, depth_wd_scale
+    from vibenanochat.config import LR_BATCH_EXPONENT, batch_lr_scale, depth_wd_scale
     lr_s, wd_s = batch_lr_scale(tc.total_batch_size), depth_wd_scale(tc.depth)
     return "\n".join([
         f"run        {tc.run_name} on {d.world_size} x {d.device.type} ({str(dtype).removeprefix('torch.')}, compile {'on' if use_compile else 'off'})",
@@ -206,8 +206,8 @@ def format_header(tc: TrainConfig, cfg: GPTConfig, plan: dict, d: Dist, dtype, u
         f"params     total {plan['params_total']:,} | scaling N {plan['params_N']:,} | FLOPs/token {plan['flops_per_token']:,}",
         f"batch      {tc.total_batch_size:,} tokens/step = {tc.device_batch_size} seq x {tc.seq_len} x {d.world_size} proc x {plan['grad_accum']} accum",
         f"horizon    {plan['num_steps']:,} steps ({plan['horizon']}) = {plan['tokens']:,} tokens, {plan['flops']:.3g} FLOPs",
-        f"lr         matrix {tc.matrix_lr * lr_s:.4g}, embedding {tc.embedding_lr * lr_s:.4g}, unembedding {tc.unembedding_lr * lr_s:.4g}, scalar {tc.scalar_lr * lr_s:.4g} (x sqrt(B/2^19) = {lr_s:.3f})",
-        f"wd         {tc.weight_decay * wd_s:.4g} (= {tc.weight_decay} x (12/depth)^2) | warm-up {tc.warmup_steps} steps, warm-down last {tc.warmdown_frac:.0%}",
+        f"lr         matrix {tc.matrix_lr * lr_s:.4g}, embedding {tc.embedding_lr * lr_s:.4g}, unembedding {tc.unembedding_lr * lr_s:.4g}, scalar {tc.scalar_lr * lr_s:.4g} (x (B/2^19)^{LR_BATCH_EXPONENT:g} = {lr_s:.3f})",
+        f"wd         {tc.weight_decay * wd_s:.4g} (= {tc.weight_decay} x (12/max(depth, 12))^2) | warm-up {tc.warmup_steps} steps, warm-down last {tc.warmdown_frac:.0%}",
         f"data       {tc.data_dir} | tokenizer {tok_name} | logs {Path(tc.log_dir) / tc.run_name}"])
 
 def train(tc: TrainConfig) -> dict:
