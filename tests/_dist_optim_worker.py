@@ -21,7 +21,7 @@ import torch.distributed as dist
 
 import vibenanochat.checkpoint as checkpoint
 from vibenanochat.config import GPTConfig
-from vibenanochat.distmuon import REPLICATE_BELOW, DistMuonAdamW, make_optimizer
+from vibenanochat.distmuon import REPLICATE_BELOW, make_optimizer
 from vibenanochat.model import GPT
 from vibenanochat.muon import MuonAdamW, apply_schedules, muon_adamw_groups, state_numel
 

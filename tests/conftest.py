@@ -73,3 +73,22 @@ def tiny_checkpoint(ckpt_dir: Path, enc, step: int = 1, seed: int = 0, depth: in
     checkpoint.save_model(m, ckpt_dir, dict(step=step, tokenizer=meta_tokenizer))
     if tokenizer_json: save_tokenizer(enc, Path(ckpt_dir) / checkpoint.TOKENIZER)
     return Path(ckpt_dir)
+
+
+@pytest.fixture(scope="session")
+def shakespeare_shards(tmp_path_factory):
+    "Tiny Shakespeare as shards, with a 2,048-token BPE trained on it (a small head keeps CPU steps fast)."
+    import vibenanochat.data as data
+    import vibenanochat.tokenizer as tok
+    text = need_asset("text/tiny_shakespeare_input.txt")
+    enc = tok.train_tokenizer(data.read_local(text), 2048)
+    out = tmp_path_factory.mktemp("data") / "shakespeare"
+    data.prepare(str(text), out, tokenizer=enc, progress=False)
+    return out
+
+
+def run_losses(run_dir: Path) -> list[float]:
+    "The per-step training losses a run wrote to its metrics.jsonl."
+    import json
+    recs = [json.loads(l) for l in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+    return [r["loss"] for r in recs if "loss" in r and "event" not in r]

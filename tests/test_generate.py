@@ -4,7 +4,6 @@ import html
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch

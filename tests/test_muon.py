@@ -7,7 +7,7 @@ import torch
 from vibenanochat.config import GPTConfig
 from vibenanochat.distmuon import DistMuonAdamW, make_optimizer
 from vibenanochat.model import GPT
-from vibenanochat.muon import MuonAdamW, adamw_update, apply_schedules, muon_adamw_groups, muon_update, orthogonalize
+from vibenanochat.muon import MuonAdamW, adamw_update, apply_schedules, muon_update, orthogonalize
 
 torch.set_num_threads(1)
 CFG = dict(vocab_size=200, seq_len=32, value_embeds=True, layer_scalars=True)

@@ -5,14 +5,13 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 import vibenanochat.trainer as trainer
-from conftest import REPO, need_asset
+from conftest import REPO, need_asset, run_losses
 from vibenanochat.config import GPTConfig
 from vibenanochat.distmuon import make_optimizer
 from vibenanochat.model import GPT, softcap_cross_entropy
@@ -27,21 +26,11 @@ def cli_flags(**kw) -> list[str]:
     return [x for k, v in kw.items() for x in (f"--{k.replace('_', '-')}", str(v))]
 
 
-def losses(run_dir: Path) -> list[float]:
-    recs = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [r["loss"] for r in recs if "loss" in r and "event" not in r]
 
 
 @pytest.fixture(scope="module")
-def shards(tmp_path_factory):
-    "Tiny Shakespeare with a 1,024-token BPE trained on it."
-    import vibenanochat.data as data
-    import vibenanochat.tokenizer as tok
-    text = need_asset("text/tiny_shakespeare_input.txt")
-    enc = tok.train_tokenizer(data.read_local(text), 1024)
-    out = tmp_path_factory.mktemp("data") / "shakespeare"
-    data.prepare(str(text), out, tokenizer=enc, progress=False)
-    return out
+def shards(shakespeare_shards):
+    return shakespeare_shards
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +63,7 @@ def compiled_run(shards, tmp_path_factory):
 
 def test_bf16_compile_trains_without_recompiling(compiled_run):
     run_dir, graphs = compiled_run
-    ls = losses(run_dir)
+    ls = run_losses(run_dir)
     assert len(ls) == STEPS and ls[-1] < ls[0] - 0.5, ls
     # graphs[s] = graphs compiled before step s: step 0 compiles model, loss kernels and one optimizer kernel per shape
     assert graphs[1] > graphs[0], graphs                 # (the counter is process-wide: earlier tests may have compiled)
@@ -82,7 +71,7 @@ def test_bf16_compile_trains_without_recompiling(compiled_run):
 
 
 def test_bf16_compile_tracks_fp32(compiled_run, fp32_run):
-    bf16, fp32 = losses(compiled_run[0]), losses(fp32_run)
+    bf16, fp32 = run_losses(compiled_run[0]), run_losses(fp32_run)
     assert abs(bf16[0] - fp32[0]) < 0.02, (bf16[0], fp32[0])                       # the same model and batch at step 1
     diff = max(abs(a - b) for a, b in zip(bf16, fp32))
     print(f"bf16+compile vs fp32 eager: max |Δloss| {diff:.4f} over {STEPS} steps (final {bf16[-1]:.4f} vs {fp32[-1]:.4f})")
@@ -111,7 +100,7 @@ def test_two_processes_compiled_give_the_same_curve(shards, compiled_run, tmp_pa
            *cli_flags(**ARGS, dtype="bf16", compile="on", data_dir=shards, log_dir=tmp_path, run_name="ddp")]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO, env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
-    two, one = losses(tmp_path / "ddp"), losses(compiled_run[0])
+    two, one = run_losses(tmp_path / "ddp"), run_losses(compiled_run[0])
     assert len(two) == STEPS
     rel = max(abs(a - b) / b for a, b in zip(two, one))
     print(f"2 processes vs 1, bf16+compile: max relative loss difference {rel:.2e}")

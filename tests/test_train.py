@@ -8,12 +8,11 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
 import vibenanochat.checkpoint as checkpoint
-from conftest import REPO, need_asset, torchrun_cmd
+from conftest import REPO, run_losses, torchrun_cmd
 from vibenanochat.trainer import TrainConfig
 
 ARGS = ["--depth", "2", "--seq-len", "64", "--device-batch-size", "4", "--total-batch-size", "512",
@@ -33,21 +32,11 @@ def run(args, nproc=1, path_form=False, check=True, timeout=300):
     return r
 
 
-def losses(run_dir: Path) -> list[float]:
-    recs = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [r["loss"] for r in recs if "loss" in r and "event" not in r]
 
 
 @pytest.fixture(scope="module")
-def shards(tmp_path_factory):
-    "Tiny Shakespeare with a 2,048-token BPE trained on it (a small head keeps CPU steps fast)."
-    import vibenanochat.data as data
-    import vibenanochat.tokenizer as tok
-    text = need_asset("text/tiny_shakespeare_input.txt")
-    enc = tok.train_tokenizer(data.read_local(text), 2048)
-    out = tmp_path_factory.mktemp("data") / "shakespeare"
-    data.prepare(str(text), out, tokenizer=enc, progress=False)
-    return out
+def shards(shakespeare_shards):
+    return shakespeare_shards
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +48,7 @@ def reference(shards, tmp_path_factory):
 
 
 def test_one_process_learns_and_checkpoints(reference):
-    ls = losses(reference)
+    ls = run_losses(reference)
     assert len(ls) == 16 and ls[-1] < ls[0] - 0.5, ls
     assert [checkpoint.step_of(c) for c in checkpoint.list_checkpoints(reference)] == [4, 8, 12, 16]
     recs = [json.loads(l) for l in (reference / "metrics.jsonl").read_text().splitlines()]
@@ -77,7 +66,7 @@ def underscored(args: list[str]) -> list[str]:
 def test_two_processes_give_the_same_loss_curve(shards, reference, tmp_path):
     # 1 process x 2 accumulation steps == 2 processes x 1: the same rows, the same model (and --seq_len == --seq-len)
     r = run(underscored(ARGS + ["--data-dir", str(shards), "--log-dir", str(tmp_path), "--run-name", "ddp"]), nproc=2)
-    two, one = losses(tmp_path / "ddp"), losses(reference)
+    two, one = run_losses(tmp_path / "ddp"), run_losses(reference)
     assert len(two) == 16
     assert max(abs(a - b) / abs(b) for a, b in zip(two, one)) < 1e-4, (two, one)
     ck = checkpoint.latest_checkpoint(tmp_path / "ddp")
@@ -95,7 +84,7 @@ def test_sigkill_then_resume_is_exact(shards, reference, tmp_path):
     assert ck.exists(), "the run never reached its step-8 checkpoint"
     assert not (tmp_path / "killed" / "checkpoints" / "step_000016").exists(), "killed too late to test anything"
     run(args + ["--resume"])
-    assert losses(tmp_path / "killed") == losses(reference)      # bit-identical, steps 1-16
+    assert run_losses(tmp_path / "killed") == run_losses(reference)      # bit-identical, steps 1-16
 
 
 def test_ctrl_c_saves_and_exits_cleanly(shards, tmp_path):
@@ -108,7 +97,7 @@ def test_ctrl_c_saves_and_exits_cleanly(shards, tmp_path):
     p.send_signal(signal.SIGINT)
     out, _ = p.communicate(timeout=120)
     assert p.returncode == 130, out[-3000:]
-    step = len(losses(tmp_path / "ctrlc"))
+    step = len(run_losses(tmp_path / "ctrlc"))
     assert 3 <= step < 400 and (tmp_path / "ctrlc" / "checkpoints" / f"step_{step:06d}" / "model.pt").exists()
     assert "continue with --resume" in out
 
