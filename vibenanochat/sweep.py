@@ -32,7 +32,7 @@ def _short(x: float) -> str:
     return f"{x:g}".replace("e+", "e")
 
 TRAIN_FLAGS = dict(depth="--depth", flops="--target-flops", ratio="--target-param-data-ratio", run="--run-name",
-                   log_dir="--log-dir", resume="--resume")   # the train CLI's flags (chapter 10)
+                   log_dir="--log-dir", resume="--resume")   # the train CLI's flags (chapter 11)
 
 @dataclass
 class RunSpec:
