@@ -94,7 +94,7 @@ def save_tokenizer(enc: tiktoken.Encoding, path: str | Path) -> Path:
 # %% ../nbs/01_tokenizer.ipynb #502c7806
 _REMAKE = ("write it again with save_tokenizer(enc, path), or prepare its data folder again "
            "(python -m vibenanochat.data SOURCE --out FOLDER --tokenizer bpe:N)")
-_FIELDS = dict(name=str, pat_str=str, special_tokens=dict, ranks=list)
+_FIELDS = {"name": str, "pat_str": str, "special_tokens": dict, "ranks": list}
 
 def _check_saved(obj: object, path: Path) -> tuple[str, dict[bytes, int], dict[str, int]]:
     "(pattern, ranks, specials) of a parsed tokenizer.json, or a one-line ValueError naming `path`, the problem and the fix."
