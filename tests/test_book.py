@@ -143,13 +143,15 @@ FORBIDDEN = ("DESIGN.md", "anchor", "original VibeNanoChat", "original project",
 
 def test_no_references_a_reader_lacks():
     "Chapters (sources and stored outputs) and modules never name files or projects a reader does not have."
-    hits = []
+    hits = {}
     for path in sorted([*NBS.rglob("*"), *LIB.rglob("*.py")]):
         if not path.is_file() or ".ipynb_checkpoints" in path.parts or path.suffix not in (".ipynb", ".py", ".csv", ".md", ".txt", ".json"):
             continue
         for n, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
-            hits += [f"{path.relative_to(REPO)}:{n}: {w!r}" for w in FORBIDDEN if w.lower() in line.lower()]
-    assert not hits, "words pointing at material a reader does not have:\n  " + "\n  ".join(hits)
+            for w in FORBIDDEN:
+                if w.lower() in line.lower(): hits.setdefault(f"{path.relative_to(REPO)}: {w!r} on line(s)", []).append(n)
+    assert not hits, "words pointing at material a reader does not have:\n  " + "\n  ".join(
+        f"{k} {', '.join(map(str, v))}" for k, v in hits.items())
 
 
 @pytest.mark.parametrize("nb", CHAPTERS, ids=[p.stem for p in CHAPTERS])
