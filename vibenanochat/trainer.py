@@ -218,7 +218,7 @@ def train(tc: TrainConfig) -> dict:
         if dist.is_initialized(): dist.destroy_process_group()
 
 def _check_resume(meta: dict, cfg: GPTConfig, tc: TrainConfig, d: Dist, ckpt: Path):
-    "A checkpoint can only continue the run it came from: same model, batch shape and process count."
+    "A checkpoint can only continue the run it came from: same model and batch shape (the process count may differ)."
     for k, v in cfg.to_dict().items():
         if meta["config"].get(k) != v:
             flag = "depth" if k in ("n_layer", "n_embd", "n_head") else k
@@ -226,8 +226,6 @@ def _check_resume(meta: dict, cfg: GPTConfig, tc: TrainConfig, d: Dist, ckpt: Pa
     for k in ("seq_len", "device_batch_size", "total_batch_size"):
         if meta["train"][k] != getattr(tc, k):
             raise ValueError(f"checkpoint {ckpt} was trained with --{k.replace('_', '-')} {meta['train'][k]} but this run has {getattr(tc, k)}: pass the original value to resume")
-    if meta["world_size"] != d.world_size:
-        raise ValueError(f"checkpoint {ckpt} was saved by {meta['world_size']} processes but this run has {d.world_size}: resume with --nproc_per_node={meta['world_size']}")
 
 def _train(tc: TrainConfig, d: Dist) -> dict:
     dtype, use_compile = resolve_precision(tc, d.device)
@@ -251,7 +249,7 @@ def _train(tc: TrainConfig, d: Dist) -> dict:
     if tc.resume:
         ckpt = checkpoint.latest_checkpoint(run_dir)
         if ckpt is None: raise FileNotFoundError(f"--resume: no complete checkpoint in {run_dir / 'checkpoints'}: start the run without --resume")
-        meta = checkpoint.load_meta(ckpt)
+        meta = checkpoint.load_meta(ckpt, "step", "world_size", "train")
         _check_resume(meta, cfg, tc, d, ckpt)
         start = meta["step"]
     elif checkpoint.latest_checkpoint(run_dir) is not None:
@@ -267,11 +265,7 @@ def _train(tc: TrainConfig, d: Dist) -> dict:
     loaders = make_train_loaders(tc, plan, d)
     loop = dict(ema=0.0, time=0.0, val_bpb=None, core=None)
     if ckpt is not None:
-        model.load_state_dict(checkpoint.load_state(ckpt / checkpoint.MODEL))
-        optimizer.load_state_dict(checkpoint.load_state(ckpt / checkpoint.optim_file(d.rank)))
-        states = checkpoint.load_state(ckpt / checkpoint.loader_file(d.rank))
-        if len(states) != len(loaders): raise ValueError(f"checkpoint {ckpt} holds {len(states)} data streams for this rank, the run needs {len(loaders)}")
-        for l, s in zip(loaders, states): l.load_state_dict(s)
+        checkpoint.restore(ckpt, model, optimizer, loaders, meta)   # on any number of processes: streams and optimizer shares re-cut
         loop.update(meta.get("loop", {}))
     fwd = torch.compile(model, dynamic=False) if use_compile else model
     token_bytes = tokenizer.token_bytes(enc).to(d.device)
