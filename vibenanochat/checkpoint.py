@@ -102,9 +102,10 @@ def find_checkpoint(path: str | Path) -> Path:
 # %% ../nbs/08a_checkpoint.ipynb #254cc4b8
 def _use_another(ckpt: Path) -> str:
     "The advice of a damaged checkpoint's error: the step folder before it, when its run has one."
+    if step_of(ckpt) < 0: return "use another checkpoint"
     earlier = [p for p in _steps_in(ckpt.parent) if step_of(p) < step_of(ckpt)]
     if earlier: return f"use another checkpoint, e.g. the previous {earlier[-1]} (delete {ckpt} so --resume takes it)"
-    return f"use another checkpoint (there is none before {ckpt.name} in {ckpt.parent}: train again)"
+    return f"use another checkpoint ({ckpt.name} is the first of its run: train again)"
 
 def load_state(path: str | Path, device: str | torch.device = "cpu"):
     "`torch.load(weights_only=True)` of one checkpoint file, with a one-line error for a missing or damaged file."
@@ -158,7 +159,7 @@ def check_fits(cfg: GPTConfig, device: str | torch.device = "cpu", where: str | 
     for dev in dict.fromkeys((torch.device("cpu"), torch.device(device))):   # the model is built on the CPU first
         free = free_memory(dev)
         if need > free / 2:
-            raise ValueError(f"{where} describes a model of {need / 4:,.0f} parameters ({need / 1e9:.1f} GB in fp32), more than half of the "
+            raise ValueError(f"{where} describes a model of {need / 4:,.0f} parameters ({need / 1e9:,.1f} GB in fp32), more than half of the "
                              f"{free / 1e9:.1f} GB free on {dev}: its config is damaged, or load it on a machine with more memory")
     return need
 
