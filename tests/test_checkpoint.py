@@ -32,7 +32,7 @@ def one_line(exc_type, f, *args) -> str:
 
 
 def test_good_checkpoint_loads(run):
-    model, enc, meta = checkpoint.load_model_and_tokenizer(run)
+    model, _, meta = checkpoint.load_model_and_tokenizer(run)
     assert meta["step"] == 8 and model.config == checkpoint.model_config(meta)
     saved = checkpoint.load_state(checkpoint.step_dir(run, 8) / checkpoint.MODEL)
     assert all(torch.equal(v, saved[k]) for k, v in model.state_dict().items())
@@ -137,7 +137,7 @@ def test_missing_stream_is_one_line(shakespeare_shards, tmp_path):
     ck.mkdir()
     loaders = [DataLoader(shakespeare_shards, 2, 32, rank=s, world_size=4, prefetch=0) for s in range(4)]
     for l in loaders: next(l)
-    (ck / checkpoint.META).write_text(json.dumps(dict(world_size=2, config=GPTConfig().to_dict())))
+    (ck / checkpoint.META).write_text(json.dumps({"world_size": 2, "config": GPTConfig().to_dict()}))
     for r in range(2): torch.save([l.state_dict() for l in loaders[2 * r:2 * r + 2]], ck / checkpoint.loader_file(r))
     fresh = [DataLoader(shakespeare_shards, 2, 32, rank=s, world_size=4, prefetch=0) for s in (1, 3)]
     checkpoint.load_loaders(ck, fresh)                       # streams 1 and 3, from two different rank files

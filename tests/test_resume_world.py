@@ -12,9 +12,8 @@ import torch
 import vibenanochat.checkpoint as checkpoint
 import vibenanochat.distmuon as distmuon
 from conftest import REPO, run_losses, torchrun_cmd
-from vibenanochat.config import GPTConfig
 from vibenanochat.model import GPT
-from vibenanochat.muon import muon_adamw_groups, MuonAdamW
+from vibenanochat.muon import MuonAdamW, muon_adamw_groups
 
 # 512 tokens a step = 2 streams of 4 x 64: one process accumulates 2 micro-steps, two processes 1 each
 ARGS = ["--depth", "2", "--seq-len", "64", "--device-batch-size", "4", "--total-batch-size", "512",
