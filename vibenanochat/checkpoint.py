@@ -23,9 +23,9 @@ from .model import GPT
 
 # %% auto #0
 __all__ = ['MODEL', 'META', 'TOKENIZER', 'optim_file', 'loader_file', 'step_dir', 'step_of', 'save_model', 'save_checkpoint',
-           'list_checkpoints', 'latest_checkpoint', 'find_checkpoint', 'load_state', 'model_config', 'load_meta',
-           'free_memory', 'check_fits', 'load_model', 'load_model_and_tokenizer', 'load_optimizer', 'load_loaders',
-           'restore']
+           'list_checkpoints', 'latest_checkpoint', 'find_checkpoint', 'load_state', 'model_config', 'require',
+           'load_meta', 'free_memory', 'check_fits', 'load_model', 'load_model_and_tokenizer', 'load_optimizer',
+           'load_loaders', 'restore']
 
 # %% ../nbs/08a_checkpoint.ipynb #711b0df7
 MODEL, META, TOKENIZER = "model.pt", "meta.json", "tokenizer.json"
@@ -129,6 +129,12 @@ def model_config(meta: dict, ckpt: str | Path = "checkpoint") -> GPTConfig:
     try: return GPTConfig.from_dict(cfg)
     except (TypeError, ValueError) as e: raise ValueError(f"{where} has a bad config ({e}): {_use_another(Path(ckpt))}") from None
 
+def require(meta: dict, ckpt: str | Path, *keys: str) -> dict:
+    "`meta` if it has every key in `keys`; else a one-line error naming the first missing one."
+    missing = [k for k in keys if k not in meta]
+    if missing: raise ValueError(f"{Path(ckpt) / META} lacks the key {missing[0]!r}: it is not a training checkpoint of this version; {_use_another(Path(ckpt))}")
+    return meta
+
 def load_meta(ckpt_dir: str | Path, *required: str) -> dict:
     "The `meta.json` of a checkpoint folder, its config checked and the keys in `required` present; one-line errors."
     ckpt = Path(ckpt_dir)
@@ -138,9 +144,7 @@ def load_meta(ckpt_dir: str | Path, *required: str) -> dict:
     except (OSError, ValueError): meta = None
     if not isinstance(meta, dict): raise ValueError(f"checkpoint file {path} is corrupt or truncated: {_use_another(ckpt)}")
     model_config(meta, ckpt)
-    missing = [k for k in required if k not in meta]
-    if missing: raise ValueError(f"{path} lacks the key {missing[0]!r}: it is not a training checkpoint of this version; {_use_another(ckpt)}")
-    return meta
+    return require(meta, ckpt, *required)
 
 # %% ../nbs/08a_checkpoint.ipynb #87865283
 def free_memory(device: str | torch.device = "cpu") -> int:
