@@ -28,12 +28,12 @@ import vibenanochat.plumbing as plumbing
 import vibenanochat.tokenizer as tokenizer_lib
 
 # %% auto #0
-__all__ = ['BUNDLE_ASSET', 'MINI_BUNDLE_ASSET', 'GAUNTLET_ASSET', 'TASK_TYPES', 'UNSCORED_TYPES', 'FIELDS', 'RENDER',
-           'FEWSHOT_SEED', 'SHUFFLE_SEED', 'EXAMPLES_PER_CHUNK', 'evaluate_bpb', 'find_bundle', 'TaskSpec',
-           'suite_files', 'read_suite', 'check_record', 'load_jsonl', 'render_mc', 'render_schema', 'render_lm',
-           'fewshot_indices', 'common_prefix', 'common_suffix', 'continuation_spans', 'crop_left', 'context_length',
-           'score_batch', 'model_device', 'prepare_example', 'pack', 'evaluate_task', 'centered_accuracy',
-           'suite_label', 'task_file', 'task_data', 'evaluate_core', 'format_table', 'write_report', 'main']
+__all__ = ['evaluate_bpb', 'BUNDLE_ASSET', 'MINI_BUNDLE_ASSET', 'GAUNTLET_ASSET', 'TASK_TYPES', 'UNSCORED_TYPES', 'FIELDS',
+           'RENDER', 'FEWSHOT_SEED', 'SHUFFLE_SEED', 'EXAMPLES_PER_CHUNK', 'find_bundle', 'TaskSpec', 'suite_files',
+           'read_suite', 'check_record', 'load_jsonl', 'render_mc', 'render_schema', 'render_lm', 'fewshot_indices',
+           'common_prefix', 'common_suffix', 'continuation_spans', 'crop_left', 'context_length', 'score_batch',
+           'model_device', 'prepare_example', 'pack', 'evaluate_task', 'centered_accuracy', 'suite_label', 'task_file',
+           'task_data', 'evaluate_core', 'format_table', 'write_report', 'main']
 
 # %% ../nbs/10_evals.ipynb #06cc9bb3
 def _dist_info() -> tuple[int, int]:
@@ -42,21 +42,10 @@ def _dist_info() -> tuple[int, int]:
     rank, _, world = plumbing.dist_info()
     return rank, world
 
-@torch.no_grad()
-def evaluate_bpb(model, batches: Iterable, token_bytes: torch.Tensor) -> float:
-    "Bits per byte over `batches` of (inputs, targets): Σ nats / (ln 2 · Σ bytes) on targets with bytes > 0, summed over ranks."
-    nats = nbytes = None
-    for x, y in batches:
-        logits = model(x)
-        y = y.to(logits.device)
-        loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=-1, reduction="none")
-        b = torch.where(y >= 0, token_bytes.to(y.device)[y.clamp(min=0)], 0).flatten().double()
-        batch = torch.stack([(loss.double() * (b > 0)).sum(), b.sum()])   # fp64: long validations sum many terms
-        nats = batch if nats is None else nats + batch
-    if nats is None: raise ValueError("evaluate_bpb got no batches: pass at least one (inputs, targets) pair")
-    if _dist_info()[1] > 1: dist.all_reduce(nats)
-    total_nats, total_bytes = nats.tolist()
-    return total_nats / (math.log(2) * total_bytes) if total_bytes > 0 else float("inf")
+import vibenanochat.trainer as trainer_lib   # absolute import: `python vibenanochat/evals.py` must keep working
+
+evaluate_bpb = trainer_lib.evaluate_bpb   # written in the trainer chapter, where training uses it; re-exported for this chapter's readers
+
 
 # %% ../nbs/10_evals.ipynb #856ed48e
 BUNDLE_ASSET, MINI_BUNDLE_ASSET = "eval_bundle", "eval_bundle_mini"   # asset names (see the assets chapter)
