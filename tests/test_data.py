@@ -428,3 +428,73 @@ def test_auto_offline_is_tiny_shakespeare_with_a_trained_bpe(tmp_path):
     x, y = next(DataLoader(tmp_path / "o", 2, 32, prefetch=0))
     assert int(x[0, 0]) == 599 and int(x.max()) < 600
     assert enc.decode(x[0, 1:].tolist()) in need_asset(SHAKESPEARE).read_text(encoding="utf-8")
+
+
+# --- check_shards: the start-up check of a prepared folder ---
+
+def _copy(folder: Path, to: Path) -> Path:
+    import shutil
+    shutil.copytree(folder, to)
+    return to
+
+
+def _one_line_error(folder: Path, vocab: int) -> str:
+    with pytest.raises(ValueError) as e:
+        data.check_shards(folder, vocab)
+    assert "\n" not in str(e.value)
+    return str(e.value)
+
+
+def test_check_shards_passes_a_good_folder_and_finds_the_true_max(shakespeare_shards):
+    m = data.load_manifest(shakespeare_shards)
+    top = max(int(d.max()) for s in m["shards"] for d in data.read_shard(shakespeare_shards / s["file"]))
+    assert top == 2047  # the BPE's BOS, which starts every document
+    data.check_shards(shakespeare_shards, 2048)  # every shard read, nothing raised
+    msg = _one_line_error(shakespeare_shards, top)  # one id too many: the naive maximum decides
+    assert f"holds token id {top} but the model's vocabulary has {top}" in msg
+
+
+def test_check_shards_refuses_a_truncated_val_shard(shakespeare_shards, tmp_path):
+    d = _copy(shakespeare_shards, tmp_path / "d")
+    val = d / data.load_manifest(d)["val_shard"]
+    val.write_bytes(val.read_bytes()[:-100])  # a copy cut short
+    msg = _one_line_error(d, 2048)
+    assert msg.startswith(f"shard {val} is damaged") and msg.endswith(
+        f"prepare it again beside it, with its tokenizer: python -m vibenanochat.data {data.load_manifest(d)['source']} "
+        f"--out {d}-new --tokenizer {d / 'tokenizer.json'}")
+
+
+def test_check_shards_refuses_a_shard_with_documents_missing(shakespeare_shards, tmp_path):
+    "A readable shard that holds less than the manifest says (e.g. replaced by a shorter one)."
+    d = _copy(shakespeare_shards, tmp_path / "d")
+    m = data.load_manifest(d)
+    first = d / m["train_shards"][0]
+    docs = data.read_shard(first)
+    data.write_shard(first, docs[:-1])
+    msg = _one_line_error(d, 2048)
+    assert (f"shard {first} holds {len(docs) - 1:,} documents and {sum(map(len, docs[:-1])):,} tokens, but the manifest "
+            f"says {len(docs):,} and {m['shards'][0]['tokens']:,}: it is incomplete") in msg
+
+
+def test_check_shards_refuses_a_corrupt_shard(shakespeare_shards, tmp_path):
+    d = _copy(shakespeare_shards, tmp_path / "d")
+    shard = d / data.load_manifest(d)["train_shards"][0]
+    col = pq.ParquetFile(shard).metadata.row_group(0).column(0)
+    b = bytearray(shard.read_bytes())
+    b[col.data_page_offset + col.total_compressed_size // 2] ^= 0x55  # one byte inside the first data page
+    shard.write_bytes(bytes(b))
+    msg = _one_line_error(d, 2048)
+    assert msg.startswith(f"shard {shard} is damaged (") and "checksum" in msg
+
+
+def test_check_shards_refuses_a_folder_of_a_bigger_vocabulary(tmp_path, gpt2, shakespeare_shards):
+    "Shards tokenized by GPT-2 (50,257 ids) given to a model of the 2,048-token BPE: the largest id is named."
+    data.prepare(str(need_asset(SHAKESPEARE)), tmp_path / "g", gpt2, max_docs=200, **SMALL)
+    m = data.load_manifest(tmp_path / "g")
+    tops = [max(int(x.max()) for x in data.read_shard(tmp_path / "g" / s["file"])) for s in m["shards"]]
+    first_bad = next(i for i, t in enumerate(tops) if t >= 2048)
+    msg = _one_line_error(tmp_path / "g", 2048)
+    assert msg == (f"shard {tmp_path / 'g' / m['shards'][first_bad]['file']} holds token id {tops[first_bad]} but the "
+                   "model's vocabulary has 2048: the folder was tokenized by another tokenizer; re-tokenize or pass the "
+                   "matching --tokenizer")
+    data.check_shards(tmp_path / "g", gpt2.n_vocab)

@@ -32,8 +32,8 @@ __all__ = ['SHAKESPEARE', 'PIECE_CHARS', 'SPLITS', 'TEXT_SUFFIXES', 'FINEWEB_REP
            'VAL_DOCS', 'GROUP_DOCS', 'ROW_TOKENS', 'FINEWEB_NAMES', 'AUTO_NAMES', 'data_root', 'new_stats',
            'decode_utf8', 'pieces', 'read_txt', 'read_jsonl', 'read_parquet', 'read_local', 'hub_endpoint',
            'fineweb_folder', 'hub_files', 'download', 'open_hub_file', 'read_fineweb', 'token_dtype', 'write_shard',
-           'read_shard', 'write_shards', 'source_texts', 'resolve_tokenizer', 'auto_source', 'prepare',
-           'prepare_default', 'load_manifest', 'data_tokenizer', 'main']
+           'group_tokens', 'read_shard', 'write_shards', 'source_texts', 'resolve_tokenizer', 'auto_source', 'prepare',
+           'prepare_default', 'load_manifest', 'data_tokenizer', 'check_shards', 'main']
 
 # %% ../nbs/07_data.ipynb #a972a8bd
 SHAKESPEARE = "text/tiny_shakespeare_input.txt"  # the offline corpus: an asset committed in the repo's data/
@@ -303,15 +303,22 @@ def write_shard(path: str | Path, docs: list[np.ndarray], group_docs: int = 1024
     values = np.concatenate(docs) if docs else np.zeros(0, np.uint16)
     table = pa.table({"tokens": pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))})
     group = max(1, min(group_docs, math.ceil(len(docs) / 8)))
+    # page checksums (CRC32) let check_shards tell a damaged shard from a good one before training starts
     plumbing.atomic_write(path, lambda f: pq.write_table(table, f, row_group_size=group, compression="zstd",
-                                                         use_dictionary=False, write_statistics=False))
+                                                         use_dictionary=False, write_statistics=False,
+                                                         write_page_checksum=True))
     return {"file": path.name, "docs": len(docs), "tokens": int(lens.sum())}
+
+def group_tokens(pf: pq.ParquetFile, group: int) -> tuple[np.ndarray, np.ndarray]:
+    "Token values and offsets of one row group of an open shard: document i is values[offsets[i]:offsets[i + 1]]."
+    col = pf.read_row_group(group, columns=["tokens"]).column(0).combine_chunks()
+    return col.values.to_numpy(), col.offsets.to_numpy()
 
 def read_shard(path: str | Path) -> list[np.ndarray]:
     "All documents of a shard, as arrays (for inspection and tests; the dataloader reads row groups)."
-    col = pq.read_table(path, columns=["tokens"], memory_map=True).column("tokens").combine_chunks()
-    values, offsets = col.values.to_numpy(), col.offsets.to_numpy()
-    return [values[offsets[i]:offsets[i + 1]] for i in range(len(col))]
+    pf = pq.ParquetFile(path, memory_map=True)
+    return [vals[offs[i]:offs[i + 1]] for g in range(pf.num_row_groups)
+            for vals, offs in [group_tokens(pf, g)] for i in range(len(offs) - 1)]
 
 # %% ../nbs/07_data.ipynb #30228156
 WINDOW_DOCS, SHARD_DOCS, VAL_DOCS, GROUP_DOCS = 1 << 17, 1 << 13, 1 << 13, 1 << 10
@@ -603,6 +610,37 @@ def load_manifest(data_dir: str | Path, enc: tiktoken.Encoding | None = None) ->
 def data_tokenizer(data_dir: str | Path) -> tiktoken.Encoding:
     "The tokenizer that made a prepared folder (from its tokenizer.json)."
     return tok.get_tokenizer(Path(data_dir) / "tokenizer.json")
+
+# %% ../nbs/07_data.ipynb #0c620b75
+def _prepare_again(m: dict, d: Path) -> str:
+    "How to prepare the folder d again, beside it and with its own tokenizer (FineWeb-Edu's source is repo:config in the manifest)."
+    src = m["source"]
+    if src.startswith(FINEWEB_REPO + ":"): src = f"fineweb-edu --config {src.split(':', 1)[1]}"
+    return (f"prepare it again beside it, with its tokenizer: python -m vibenanochat.data {src} --out {d}-new "
+            f"--tokenizer {d / 'tokenizer.json'}")
+
+def check_shards(data_dir: str | Path, vocab_size: int) -> None:
+    "Read every shard of a prepared folder, a row group at a time: complete, undamaged, and every token id < vocab_size."
+    d = Path(data_dir)
+    m = load_manifest(d)
+    fix = _prepare_again(m, d)
+    for s in m["shards"]:  # the train shards and, last, the validation shard
+        path, docs, tokens, top = d / s["file"], 0, 0, -1
+        try:
+            pf = pq.ParquetFile(path, memory_map=True, page_checksum_verification=True)
+            for g in range(pf.num_row_groups):
+                vals, offs = group_tokens(pf, g)
+                docs, tokens = docs + len(offs) - 1, tokens + len(vals)
+                if len(vals): top = max(top, int(vals.max()))
+        except (pa.ArrowException, OSError) as e:  # a cut-short file, a failed checksum, an undecodable page
+            why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ValueError(f"shard {path} is damaged ({why}): {fix}") from None
+        if (docs, tokens) != (s["docs"], s["tokens"]):
+            raise ValueError(f"shard {path} holds {docs:,} documents and {tokens:,} tokens, but the manifest says "
+                             f"{s['docs']:,} and {s['tokens']:,}: it is incomplete; {fix}")
+        if top >= vocab_size:
+            raise ValueError(f"shard {path} holds token id {top} but the model's vocabulary has {vocab_size}: the folder "
+                             "was tokenized by another tokenizer; re-tokenize or pass the matching --tokenizer")
 
 # %% ../nbs/07_data.ipynb #f4cece05
 import vibenanochat.config as vnc_config  # absolute import: keeps `python vibenanochat/data.py` working
