@@ -172,3 +172,14 @@ def test_resume_repairs_a_torn_line_refuses_other_data_and_keeps_the_schedule(sh
     # --allow-new-data lets the run continue on other data
     r = run(TRAIN + args(other, tmp_path, "r", 11, "--resume", "--allow-new-data"))
     assert r.returncode == 0, r.stderr[-3000:]
+
+
+def test_a_damaged_shard_is_caught_at_start_up(shakespeare_shards, tmp_path):
+    "A truncated validation shard: one line before training, and nothing written (no run folder)."
+    bad = tmp_path / "bad"
+    shutil.copytree(shakespeare_shards, bad)
+    val = bad / json.loads((bad / "manifest.json").read_text())["val_shard"]
+    val.write_bytes(val.read_bytes()[: val.stat().st_size // 2])
+    msg = one_line(run(TRAIN + args(bad, tmp_path / "logs", "x", 4, "--eval-every", 2)))
+    assert str(val) in msg and "damaged" in msg, msg
+    assert not (tmp_path / "logs").exists()
