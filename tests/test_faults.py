@@ -183,3 +183,34 @@ def test_a_damaged_shard_is_caught_at_start_up(shakespeare_shards, tmp_path):
     msg = one_line(run(TRAIN + args(bad, tmp_path / "logs", "x", 4, "--eval-every", 2)))
     assert str(val) in msg and "damaged" in msg, msg
     assert not (tmp_path / "logs").exists()
+
+
+SHARED_WORKER = r'''
+import sys
+from pathlib import Path
+import torch.distributed as dist
+from vibenanochat import trainer
+d = trainer.init_distributed("cpu")
+folder = Path(sys.argv[1]) / (f"node{d.rank}" if sys.argv[2] == "apart" else "shared")
+folder.mkdir(parents=True, exist_ok=True)
+try:
+    trainer.check_shared_folder(folder, d)
+    print(f"rank {d.rank}: ok")
+except ValueError as e:
+    print(f"rank {d.rank}: {e}")
+dist.destroy_process_group()
+'''
+
+
+def test_a_run_folder_other_nodes_cannot_see_is_caught(tmp_path):
+    "Two processes, as if on two nodes: one folder seen by both passes; a folder per process (not shared) fails on both."
+    from conftest import torchrun
+    script = tmp_path / "worker.py"
+    script.write_text(SHARED_WORKER)
+    for mode in ("shared", "apart"):
+        r = torchrun(2, script, tmp_path / mode, mode, cwd=REPO, timeout=300)
+        assert r.returncode == 0, r.stderr[-3000:]
+        lines = sorted(l for l in r.stdout.splitlines() if l.startswith("rank "))
+        if mode == "shared": assert lines == ["rank 0: ok", "rank 1: ok"], r.stdout
+        else: assert len(lines) == 2 and all("is not on a filesystem shared by all nodes: point --log-dir at shared storage" in l for l in lines), r.stdout
+    assert not (tmp_path / "shared" / "shared" / ".shared-check").exists()   # the token is removed
