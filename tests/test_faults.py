@@ -214,3 +214,11 @@ def test_a_run_folder_other_nodes_cannot_see_is_caught(tmp_path):
         if mode == "shared": assert lines == ["rank 0: ok", "rank 1: ok"], r.stdout
         else: assert len(lines) == 2 and all("is not on a filesystem shared by all nodes: point --log-dir at shared storage" in l for l in lines), r.stdout
     assert not (tmp_path / "shared" / "shared" / ".shared-check").exists()   # the token is removed
+
+
+def test_core_every_needs_a_core_evaluation(shakespeare_shards, tmp_path):
+    "The trainer does not import the evals chapter: CORE during training is passed in, and asking for it without one is refused."
+    from vibenanochat.trainer import TrainConfig, train
+    with pytest.raises(ValueError, match="--core-every needs a CORE evaluation"):
+        train(TrainConfig(depth=2, core_every=5, data_dir=str(shakespeare_shards), log_dir=str(tmp_path), device="cpu"))
+    assert not any(tmp_path.iterdir())
