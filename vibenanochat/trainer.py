@@ -315,10 +315,13 @@ class StopFlag:
         if self.work is not None and exc[0] is None: self.work.wait()
 
 # %% ../nbs/09_trainer.ipynb #6add9aa9
+_GUARDED = []
+
 def guard_parent(grace: float = 5.0) -> None:
     "Under torchrun: when the launcher dies, get SIGTERM (save and stop), and exit anyway `grace` seconds later."
-    if "TORCHELASTIC_RUN_ID" not in os.environ: return
+    if "TORCHELASTIC_RUN_ID" not in os.environ or _GUARDED: return
     parent = os.getppid()
+    _GUARDED.append(parent)                   # once per process, however many runs it trains
     if sys.platform.startswith("linux"):   # the kernel signals us when the parent (torchrun's main thread) exits
         with_libc = ctypes.CDLL(None, use_errno=True)
         with_libc.prctl(1, signal.SIGTERM)   # 1 = PR_SET_PDEATHSIG
