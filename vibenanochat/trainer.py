@@ -440,7 +440,8 @@ def load_data(tc: TrainConfig) -> tuple[dict, object, str]:
     return manifest, enc, tc.tokenizer or manifest["tokenizer"]
 
 def _check_resume(meta: dict, cfg: GPTConfig, tc: TrainConfig, d: Dist, ckpt: Path, data_id: str):
-    "A checkpoint can only continue the run it came from: same model, batch shape, process count and (unless allowed) data."
+    "A checkpoint can only continue the run it came from: same model, batch shape and (unless allowed) data; any process count."
+    checkpoint.require(meta, ckpt, "step", "world_size", "train")
     for k, v in cfg.to_dict().items():
         if meta["config"].get(k) != v:
             flag = "depth" if k in ("n_layer", "n_embd", "n_head") else k
@@ -448,8 +449,6 @@ def _check_resume(meta: dict, cfg: GPTConfig, tc: TrainConfig, d: Dist, ckpt: Pa
     for k in ("seq_len", "device_batch_size", "total_batch_size"):
         if meta["train"][k] != getattr(tc, k):
             raise ValueError(f"checkpoint {ckpt} was trained with --{k.replace('_', '-')} {meta['train'][k]} but this run has {getattr(tc, k)}: pass the original value to resume")
-    if meta["world_size"] != d.world_size:
-        raise ValueError(f"checkpoint {ckpt} was saved by {meta['world_size']} processes but this run has {d.world_size}: resume with --nproc_per_node={meta['world_size']}")
     if meta.get("data_id", data_id) != data_id and not tc.allow_new_data:
         raise ValueError(f"checkpoint {ckpt} was trained on other data (identity {meta['data_id']}; {tc.data_dir} is {data_id}): "
                          "pass the run's original --data-dir, or add --allow-new-data to continue on this one")
@@ -477,14 +476,9 @@ def build_model(tc: TrainConfig, cfg: GPTConfig, d: Dist, use_compile: bool) -> 
                                         weight_decay=tc.weight_decay, compile=use_compile)   # compiled together with the model, or neither
     return model, optimizer
 
-def _restore(ckpt: Path, model: GPT, optimizer, loaders: list | None, d: Dist) -> None:
-    "Load a checkpoint into the run: weights, this rank's optimizer state and the positions of its data streams (unless None)."
-    model.load_state_dict(checkpoint.load_state(ckpt / checkpoint.MODEL))
-    optimizer.load_state_dict(checkpoint.load_state(ckpt / checkpoint.optim_file(d.rank)))
-    if loaders is None: return
-    states = checkpoint.load_state(ckpt / checkpoint.loader_file(d.rank))
-    if len(states) != len(loaders): raise ValueError(f"checkpoint {ckpt} holds {len(states)} data streams for this rank, the run needs {len(loaders)}")
-    for l, s in zip(loaders, states): l.load_state_dict(s)
+def _restore(ckpt: Path, model: GPT, optimizer, loaders: list, d: Dist) -> None:
+    "Load a checkpoint into the run: weights, this rank's optimizer share and its data streams, whatever process count saved it."
+    checkpoint.restore(ckpt, model, optimizer, loaders)   # shares re-cut and streams found by number when the process count changed
 
 # %% ../nbs/09_trainer.ipynb #e2e65d38
 def setup(tc: TrainConfig, d: Dist, core_eval: Callable | None = None) -> Run:
@@ -508,7 +502,7 @@ def setup(tc: TrainConfig, d: Dist, core_eval: Callable | None = None) -> Run:
         model, optimizer = build_model(tc, cfg, d, use_compile)
         loaders = make_train_loaders(tc, plan, d)
         same_data = meta.get("data_id", data_id) == data_id    # else --allow-new-data: new streams start at the beginning
-        if ckpt is not None: _restore(ckpt, model, optimizer, loaders if same_data else None, d)
+        if ckpt is not None: _restore(ckpt, model, optimizer, loaders if same_data else [], d)
         fwd = torch.compile(model, dynamic=False) if use_compile else model
         log = MetricsLog(run_dir / "metrics.jsonl", d.master)
         run = Run(tc, d, cfg, plan, enc, tok_name, data_id, dtype, use_compile, run_dir, model, fwd, optimizer, loaders,
