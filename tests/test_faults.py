@@ -88,7 +88,7 @@ def test_ctrl_c_under_torchrun_saves_at_once_and_resumes(shakespeare_shards, tmp
     assert set(errs) == {"0", "1"}, errs
     assert [l for l in message_lines(errs["0"])] == [f"interrupted at step {step}: checkpoint {ck} saved; continue with --resume"], errs["0"]
     assert message_lines(errs["1"]) == [], errs["1"]       # only rank 0 speaks
-    # the run goes on from there (a shorter horizon: the schedule is re-anchored, see the last test)
+    # the run goes on from there (a shorter horizon: the schedule is rebased, see the last test)
     r = subprocess.run(torchrun_cmd(2, "-m", "vibenanochat.train", *args(shakespeare_shards, tmp_path, "ctrlc", step + 2, "--resume")),
                        cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]

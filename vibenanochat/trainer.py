@@ -38,7 +38,7 @@ from .model import GPT
 # %% auto #0
 __all__ = ['PEAK_FLOPS', 'SAMPLE_PROMPTS', 'option', 'TrainConfig', 'check_config', 'Dist', 'init_distributed', 'all_reduce_',
            'plan_run', 'peak_flops', 'resolve_precision', 'autocast', 'MetricsLog', 'read_metrics', 'evaluate_bpb',
-           'make_train_loaders', 'validation_bpb', 'sample_prompts', 'lr_at', 'wd_at', 'anchor_schedule',
+           'make_train_loaders', 'validation_bpb', 'sample_prompts', 'lr_at', 'wd_at', 'rebase_schedule',
            'apply_schedules', 'StopFlag', 'guard_parent', 'lock_run', 'check_shared_folder', 'multi_node',
            'params_finite', 'data_identity', 'Diverged', 'Interrupted', 'format_header', 'Run', 'load_data',
            'find_resume', 'build_model', 'setup', 'train_step', 'flush', 'save', 'evaluate_and_save', 'run_loop',
@@ -253,33 +253,33 @@ def sample_prompts(model: GPT, enc, max_new_tokens: int = 16) -> list[str]:
     return [p + enc.decode(list(model.generate([bos] + enc.encode_ordinary(p), max_new_tokens, temperature=0.0))) for p in SAMPLE_PROMPTS]
 
 # %% ../nbs/09_trainer.ipynb #3a46de9b
-def lr_at(step: int, num_steps: int, tc: TrainConfig, anchor: list | None = None) -> float:
-    "LR multiplier of step `step` (0-based): the plain schedule, or after a change of horizon the anchored one."
-    if anchor is None or step < tc.warmup_steps: return muon.lr_multiplier(step, num_steps, tc.warmup_steps, tc.warmdown_frac)
-    s0, m0 = anchor[0], anchor[1]
+def lr_at(step: int, num_steps: int, tc: TrainConfig, origin: list | None = None) -> float:
+    "LR multiplier of step `step` (0-based): the plain schedule, or after a change of horizon the rebased one."
+    if origin is None or step < tc.warmup_steps: return muon.lr_multiplier(step, num_steps, tc.warmup_steps, tc.warmdown_frac)
+    s0, m0 = origin[0], origin[1]
     start = max(s0, num_steps - round(tc.warmdown_frac * num_steps))   # warm-down starts here, from m0
     return m0 if step <= start else m0 * (num_steps - step) / (num_steps - start)
 
-def wd_at(step: int, num_steps: int, anchor: list | None = None) -> float:
-    "Weight-decay multiplier: linear to 0 at the end, from the anchored value after a change of horizon."
-    if anchor is None: return muon.weight_decay_multiplier(step, num_steps)
-    s0, w0 = anchor[0], anchor[2]
+def wd_at(step: int, num_steps: int, origin: list | None = None) -> float:
+    "Weight-decay multiplier: linear to 0 at the end, from the rebased value after a change of horizon."
+    if origin is None: return muon.weight_decay_multiplier(step, num_steps)
+    s0, w0 = origin[0], origin[2]
     return w0 * max(0.0, (num_steps - step) / (num_steps - s0))
 
-def anchor_schedule(start: int, old_steps: int, num_steps: int, tc: TrainConfig, anchor: list | None) -> list | None:
+def rebase_schedule(start: int, old_steps: int, num_steps: int, tc: TrainConfig, origin: list | None) -> list | None:
     "Resuming at step `start` with a new horizon: pin the multipliers the next step would have had, so none jumps."
-    if old_steps == num_steps: return anchor
+    if old_steps == num_steps: return origin
     if num_steps <= start: raise ValueError(f"the new horizon ({num_steps} steps) is not beyond the checkpoint's step {start}: raise --num-iterations")
     last = max(start - 1, 0)             # the last step taken: its multipliers carry on (a finished run's next one would be 0)
-    m0, w0 = lr_at(last, old_steps, tc, anchor), wd_at(last, old_steps, anchor)
+    m0, w0 = lr_at(last, old_steps, tc, origin), wd_at(last, old_steps, origin)
     plain = (muon.lr_multiplier(start, num_steps, tc.warmup_steps, tc.warmdown_frac), muon.weight_decay_multiplier(start, num_steps))
     return None if (m0, w0) == plain else [start, m0, w0]
 
-def apply_schedules(optimizer, step: int, num_steps: int, tc: TrainConfig, anchor: list | None = None) -> float:
+def apply_schedules(optimizer, step: int, num_steps: int, tc: TrainConfig, origin: list | None = None) -> float:
     "Set each group's LR, momentum and weight decay for step `step`; returns the LR multiplier."
     m = muon.apply_schedules(optimizer, step, num_steps, tc.warmup_steps, tc.warmdown_frac)
-    if anchor is None: return m
-    m, w = lr_at(step, num_steps, tc, anchor), wd_at(step, num_steps, anchor)
+    if origin is None: return m
+    m, w = lr_at(step, num_steps, tc, origin), wd_at(step, num_steps, origin)
     for g in optimizer.param_groups:
         g["lr"] = g["initial_lr"] * m
         if g["kind"] == "muon": g["weight_decay"] = g["initial_weight_decay"] * w
@@ -495,10 +495,10 @@ def setup(tc: TrainConfig, d: Dist, core_eval: Callable | None = None) -> Run:
     try:
         if multi_node(): check_shared_folder(run_dir, d)      # every node must see the checkpoints rank 0 publishes
         ckpt, meta = find_resume(tc, cfg, d, run_dir, data_id)
-        loop = dict(ema=0.0, time=0.0, val_bpb=None, core=None, anchor=None)
+        loop = dict(ema=0.0, time=0.0, val_bpb=None, core=None, origin=None)
         if ckpt is not None:
             loop.update(meta.get("loop", {}))
-            loop["anchor"] = anchor_schedule(meta["step"], meta["plan"]["num_steps"], plan["num_steps"], tc, loop.get("anchor"))
+            loop["origin"] = rebase_schedule(meta["step"], meta["plan"]["num_steps"], plan["num_steps"], tc, loop.get("origin"))
         model, optimizer = build_model(tc, cfg, d, use_compile)
         loaders = make_train_loaders(tc, plan, d)
         same_data = meta.get("data_id", data_id) == data_id    # else --allow-new-data: new streams start at the beginning
@@ -520,7 +520,7 @@ def setup(tc: TrainConfig, d: Dist, core_eval: Callable | None = None) -> Run:
 # %% ../nbs/09_trainer.ipynb #e03f536f
 def train_step(run: Run, step: int) -> torch.Tensor:
     "Optimizer step `step` (0-based): its schedules, `grad_accum` micro-steps of forward and backward, the update; the mean loss stays on the device."
-    apply_schedules(run.optimizer, step, run.plan["num_steps"], run.tc, run.loop["anchor"])
+    apply_schedules(run.optimizer, step, run.plan["num_steps"], run.tc, run.loop["origin"])
     total = torch.zeros((), device=run.d.device)
     for stream in run.loaders:          # one loader per data stream this rank owns
         x, y = next(stream)
@@ -544,7 +544,7 @@ def flush(run: Run, pending: list[torch.Tensor], first: int, seconds: float) -> 
                            f"{checkpoint.latest_checkpoint(run.run_dir) or 'none'} (resume it with --resume, e.g. with lower learning rates)")
         loop["ema"] = 0.9 * loop["ema"] + 0.1 * v
         loop["time"] += seconds / len(values)
-        run.log.write(step=s, loss=v, lr_multiplier=lr_at(s - 1, plan["num_steps"], tc, loop["anchor"]), tok_per_sec=tok_s, mfu=mfu,
+        run.log.write(step=s, loss=v, lr_multiplier=lr_at(s - 1, plan["num_steps"], tc, loop["origin"]), tok_per_sec=tok_s, mfu=mfu,
                       flops=plan["flops_per_token"] * tc.total_batch_size * s, tokens=tc.total_batch_size * s, time=loop["time"])
     return tok_s, mfu
 
