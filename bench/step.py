@@ -8,7 +8,8 @@ Each (source tree, mode) runs in a fresh process (so peak RSS is its own) on the
 model built as a benchmark harness builds it: `GPT(GPTConfig.from_depth(depth, seq_len=T, vocab_size=V))` and
 `make_optimizer(model, depth=depth, total_batch_size=B*T)` with their defaults. `fp32` is eager fp32; `bf16c` is
 bf16 autocast with the model compiled (`torch.compile(model, dynamic=False)`), the training defaults on a GPU.
-Times are medians over --steps steps after --warmup steps (compilation happens in the warm-up).
+Times are medians over --steps steps after --warmup steps (compilation happens in the warm-up). `cpu s` is the process's
+CPU time per step (all its threads): on a shared machine it moves much less than wall time when others take the cores.
 """
 import argparse
 import json
@@ -36,21 +37,22 @@ def measure(a) -> dict:
     fwd = torch.compile(model, dynamic=False) if compiled else model
     ctx = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if compiled else nullcontext
     gen = torch.Generator().manual_seed(1)
-    parts = {"forward": [], "backward": [], "optimizer": []}
+    parts, cpu = {"forward": [], "backward": [], "optimizer": []}, []
     for i in range(a.warmup + a.steps):
         x = torch.randint(0, a.vocab, (a.batch, a.seq_len + 1), generator=gen)
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         with ctx(): loss = fwd(x[:, :-1], x[:, 1:])
         t1 = time.perf_counter()
         loss.backward()
         t2 = time.perf_counter()
         opt.step(); opt.zero_grad(set_to_none=True)
-        t3 = time.perf_counter()
+        t3, c3 = time.perf_counter(), time.process_time()
         if i >= a.warmup:
+            cpu.append(c3 - c0)
             for k, v in zip(parts, (t1 - t0, t2 - t1, t3 - t2)): parts[k].append(v)
     med = {k: statistics.median(v) for k, v in parts.items()}
     step = sum(med.values())
-    return dict(mode=a.mode, pattern=a.pattern, loss=loss.item(), tok_s=a.batch * a.seq_len / step, step_s=step,
+    return dict(mode=a.mode, pattern=a.pattern, loss=loss.item(), tok_s=a.batch * a.seq_len / step, step_s=step, cpu_s=statistics.median(cpu),
                 **{f"{k}_s": v for k, v in med.items()}, peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
@@ -78,7 +80,7 @@ def main():
         elif not x.startswith("--baseline="): base.append(x)
     print(f"depth {a.depth}, T {a.seq_len}, B {a.batch}, V {a.vocab}, pattern {a.pattern}, {a.threads} threads, "
           f"torch in {sys.executable}; median of {a.steps} steps after {a.warmup} warm-up")
-    print(f"{'source':<10} {'mode':<6} {'tok/s':>7} {'step s':>7} {'fwd s':>6} {'bwd s':>6} {'opt s':>6} {'peak RSS MB':>11} {'loss':>7}")
+    print(f"{'source':<10} {'mode':<6} {'tok/s':>7} {'step s':>7} {'fwd s':>6} {'bwd s':>6} {'opt s':>6} {'cpu s':>6} {'peak RSS MB':>11} {'loss':>7}")
     for mode in a.modes.split(","):
         for name, tree in trees:
             env = dict(os.environ, PYTHONPATH=str(tree), OMP_NUM_THREADS=str(a.threads))
@@ -88,7 +90,7 @@ def main():
                 print(f"{name:<10} {mode:<6} failed: {(r.stderr.strip().splitlines() or ['?'])[-1]}"); continue
             m = json.loads(r.stdout.strip().splitlines()[-1])
             print(f"{name:<10} {mode:<6} {m['tok_s']:>7.0f} {m['step_s']:>7.3f} {m['forward_s']:>6.3f} {m['backward_s']:>6.3f} "
-                  f"{m['optimizer_s']:>6.3f} {m['peak_rss_mb']:>11.0f} {m['loss']:>7.3f}", flush=True)
+                  f"{m['optimizer_s']:>6.3f} {m['cpu_s']:>6.3f} {m['peak_rss_mb']:>11.0f} {m['loss']:>7.3f}", flush=True)
 
 
 if __name__ == "__main__":

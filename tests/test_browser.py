@@ -2,7 +2,8 @@
 
 The test writes a tiny checkpoint and a one-cell notebook into a temporary folder, starts `jupyter lab` on a free
 port with a random token, opens the notebook, runs it, clicks Generate and reads the streamed text back from the
-page. The server (and every process it started) is always stopped. Chromium comes from Debian (`apt-get install
+page. The server (and every process it started) is always stopped. When the test passes it saves a picture of the
+widget to nbs/images/generate_widget.png (the generation chapter shows it), unless the picture there looks the same. Chromium comes from Debian (`apt-get install
 chromium`, which `make test` does); without it the test skips and says so."""
 import os
 import secrets
@@ -17,14 +18,46 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from conftest import small_bpe, tiny_checkpoint
+from conftest import REPO, small_bpe, tiny_checkpoint
 
 import vibenanochat.checkpoint as checkpoint
 import vibenanochat.generate as G
+import vibenanochat.plumbing as plumbing
 
 CHROME_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                "--disable-component-update", "--disable-sync", "--no-first-run"]
 PROMPT, MAX_TOKENS = "Return a new list", 40
+SCREENSHOT = REPO / "nbs" / "images" / "generate_widget.png"     # a committed picture, shown in the generation chapter
+
+
+def small_png(png: bytes) -> bytes:
+    "The screenshot with its colours reduced to a 64-entry palette: the same picture at a fraction of the bytes."
+    import io
+    from PIL import Image
+    img, out = Image.open(io.BytesIO(png)).convert("RGB"), io.BytesIO()
+    img.quantize(colors=64, method=Image.Quantize.MEDIANCUT).save(out, format="PNG", optimize=True)
+    return out.getvalue()
+
+
+def differs(old: bytes, new: bytes, tolerance: float = 0.02) -> bool:
+    "True unless both pictures have the same size and fewer than `tolerance` of their pixels differ (e.g. the tok/s figure)."
+    import io
+    from PIL import Image, ImageChops
+    a, b = (Image.open(io.BytesIO(x)).convert("RGB") for x in (old, new))
+    if a.size != b.size: return True
+    changed = sum(ImageChops.difference(a, b).convert("L").point(lambda v: 255 if v > 16 else 0).histogram()[255:])
+    return changed > tolerance * a.size[0] * a.size[1]
+
+
+def save_screenshot(png: bytes, dest: Path = SCREENSHOT) -> str:
+    "Write the widget's picture to `dest` (atomically) unless the one there looks the same; never fails the test."
+    try:
+        png = small_png(png)
+        if dest.exists() and not differs(dest.read_bytes(), png): return f"{dest} unchanged"
+        plumbing.atomic_write(dest, png)
+        return f"wrote {dest} ({len(png):,} bytes)"
+    except (OSError, ImportError, ValueError) as e:     # a read-only checkout, no Pillow: the test is about the widget
+        return f"{dest} not written ({type(e).__name__}: {e})"
 
 
 def find_chromium() -> str:
@@ -112,7 +145,7 @@ def test_widget_generates_in_a_real_browser(tmp_path):
          "--ServerApp.port_retries=0", f"--ServerApp.token={token}", f"--notebook-dir={work}",
          "--LabApp.news_url=None", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
         cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    page, started = None, []
+    page, started, shot = None, [], None
     try:
         base = f"http://127.0.0.1:{port}"
         deadline = time.time() + 60
@@ -156,6 +189,7 @@ def test_widget_generates_in_a_real_browser(tmp_path):
                 assert visible_text(shown) == visible_text(expected), (shown, expected)
                 assert bars == 10
                 assert page.locator("button.vnc-generate").is_enabled()
+                shot = page.locator(".vnc-widget").screenshot()                       # the widget only, after it generated
             except Exception:
                 if page is not None:
                     page.screenshot(path=str(tmp_path / "failure.png"))
@@ -168,3 +202,4 @@ def test_widget_generates_in_a_real_browser(tmp_path):
         log.close()
     time.sleep(0.5)
     assert server.poll() is not None and not [p for p in started if alive(p)], "a Jupyter process outlived the test"
+    print(save_screenshot(shot))                                                  # only once everything passed

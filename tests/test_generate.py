@@ -1,6 +1,8 @@
 """Generation outside its chapter: the KV-cache decoder against naive recomputation, sampling rules and seeds,
-stop tokens, checkpoint loading, the widget without a browser (click, Stop), and the CLI."""
+stop tokens, checkpoint loading, the widget without a browser (click, Stop), the CLI, and the one-line refusals of
+damaged checkpoints and tokenizers (generate and evals CLIs); too-long requests are fitted with a warning."""
 import html
+import json
 import subprocess
 import sys
 import time
@@ -205,3 +207,95 @@ def test_cli_interactive_loop_and_errors(run_dir):
         assert bad.returncode == 1 and "--top_p must be in (0, 1]" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
     bad = run_cli("--prompt", "x")
     assert bad.returncode == 1 and "--checkpoint is required" in bad.stderr
+
+
+# ---- requests that do not fit the model: cropped and capped with a warning, never an error
+
+def test_long_prompt_and_absurd_length_are_fitted_with_warnings(enc):
+    m = tiny_gpt(seed=8, vocab_size=enc.n_vocab, seq_len=8)             # T = 8, RoPE table L = 80 positions
+    L, T = m.cos.size(0), m.config.seq_len
+    text = "sorted(iterable, /, *, key=None, reverse=False) " * 40
+    tokens = G.encode_prompt(enc, text)
+    assert len(tokens) > L
+    with pytest.warns(UserWarning) as caught:
+        out = G.generate(m, enc, text, 100_000, temperature=0.0, stop_tokens=[])
+    notes = [str(w.message) for w in caught]
+    assert len(notes) == 2 and "generating 73" in notes[0] and "keeping its last 8" in notes[1]
+    # the naive reference: the last T prompt tokens, then L + 1 - T new ones, so the cache holds exactly L positions
+    n = L + 1 - T
+    assert out == [enc.decode(G.generate_tokens(m, tokens[-T:], n, temperature=0.0)[0])]
+    with pytest.warns(UserWarning, match="keeping its last 61"):         # 20 new tokens leave 61 positions for the prompt
+        assert G.generate(m, enc, text, 20, temperature=0.0, stop_tokens=[]) == \
+            [enc.decode(G.generate_tokens(m, tokens[-61:], 20, temperature=0.0)[0])]
+    short = G.encode_prompt(enc, "sorted(")
+    with pytest.warns(UserWarning, match=f"generating {L + 1 - len(short)}"):
+        G.generate(m, enc, "sorted(", 10**6, temperature=0.0)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                                  # a request that fits: no warning, same text
+        assert G.generate(m, enc, "sorted(", 30, temperature=0.0, stop_tokens=[]) == \
+            [enc.decode(G.generate_tokens(m, short, 30, temperature=0.0)[0])]
+
+
+def test_cli_fits_a_long_prompt_and_max_length_in_one_warning_line_each(run_dir):
+    model, enc, _ = load(run_dir)                                       # seq_len 64: 640 positions
+    prompt = "Return a new list containing all items from the iterable in ascending order. " * 30
+    assert len(G.encode_prompt(enc, prompt)) > 640
+    r = run_cli("--checkpoint", run_dir, "--prompt", prompt, "--max_length", 100000, "--temperature", 0, "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    warned = [l for l in r.stderr.splitlines() if l.startswith("warning:")]
+    assert len(warned) == 2 and "generating 577" in warned[0] and "keeping its last 64" in warned[1], r.stderr
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 3       # + the "loaded ..." line
+    with pytest.warns(UserWarning):
+        expected = G.generate(model, enc, prompt, 100000, temperature=0.0)[0]
+    assert r.stdout == prompt + expected + "\n"
+
+
+# ---- damaged checkpoints and tokenizers: one line on stderr, exit code 1, nothing written, from both CLIs
+
+def _truncate_model(ckpt):
+    p = ckpt / "model.pt"; p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
+
+def _meta_config(**change):
+    def edit(ckpt):
+        meta = json.loads((ckpt / "meta.json").read_text()); meta["config"].update(change)
+        (ckpt / "meta.json").write_text(json.dumps(meta))
+    return edit
+
+def _tokenizer_json(drop=None, **change):
+    def edit(ckpt):
+        obj = json.loads((ckpt / "tokenizer.json").read_text()); obj.update(change)
+        if drop: del obj[drop]
+        (ckpt / "tokenizer.json").write_text(json.dumps(obj))
+    return edit
+
+DAMAGE = {
+    "truncated-model": (_truncate_model, "model.pt"),
+    "unknown-config-key": (_meta_config(n_experts=8), "n_experts"),
+    # 2**38-wide embeddings: ~10^14 parameters, far beyond any machine; must be refused before anything is allocated
+    "absurd-size": (_meta_config(n_layer=1, n_head=1, n_kv_head=1, n_embd=2**38), None),
+    "tokenizer-missing-key": (_tokenizer_json(drop="ranks"), "tokenizer.json"),
+    "tokenizer-bad-pattern": (_tokenizer_json(pat_str="(?P<unclosed"), "tokenizer.json"),
+}
+
+def snapshot(folder):
+    return {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(folder.rglob("*"))}
+
+
+@pytest.mark.parametrize("cli", ["generate", "evals"])
+@pytest.mark.parametrize("damage", list(DAMAGE))
+def test_cli_refuses_a_damaged_checkpoint_in_one_line(tmp_path, enc, cli, damage):
+    edit, named = DAMAGE[damage]
+    ckpt = tiny_checkpoint(checkpoint.step_dir(tmp_path / "run", 5), enc, step=5)
+    edit(ckpt)
+    before = snapshot(tmp_path)
+    if cli == "generate":
+        r = run_cli("--checkpoint", tmp_path / "run", "--prompt", "sorted(", "--device", "cpu")
+    else:
+        r = subprocess.run([sys.executable, "-m", "vibenanochat.evals", "--checkpoint", str(tmp_path / "run"),
+                            "--bundle", "eval_bundle_mini", "--max-per-task", "2", "--tasks", "copa", "--device", "cpu"],
+                           capture_output=True, text=True, timeout=120)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 1 and len(lines) == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    if named: assert named in lines[0], lines[0]
+    assert r.stdout == "" and snapshot(tmp_path) == before              # nothing printed, nothing written

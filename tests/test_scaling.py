@@ -57,7 +57,7 @@ def test_jackknife_error_covers_the_truth_and_grows_with_noise():
 @pytest.mark.parametrize("seed", [0, 1])
 def test_loss_vs_compute_recovers_constants(seed):
     rng = np.random.default_rng(seed)
-    a, b, c = 73.12, 0.122, 0.485                       # VibeNanoChat's published L(C)
+    a, b, c = 73.12, 0.122, 0.485                       # test constants: a made-up law
     C = np.geomspace(3e16, 3e19, 9)
     L = sc.loss_law(C, a, b, c) * (1 + 0.002 * rng.standard_normal(len(C)))
     f = sc.fit_loss_vs_compute(C, L)

@@ -1,4 +1,4 @@
-"""The GPU default path on the CPU: bf16 autocast + torch.compile of model, loss kernels and optimizer — trains, never
+"""The GPU default path on the CPU: bf16 autocast + torch.compile of model (the loss inside its graph) and optimizer — trains, never
 recompiles after the first step, tracks the fp32 loss, gives loadable checkpoints and the same curve on 2 processes;
 the fused loss and the compiled optimizer against their plain references."""
 import json
@@ -164,3 +164,24 @@ def test_compiled_optimizer_equals_eager():
     # near 0): compare whole tensors; a wrong formula would be off by O(1)
     for (name, p), q in zip(model.named_parameters(), runs[0]):
         assert ((q - p).norm() / p.norm()).item() < 2e-3, name
+
+
+def test_compiled_model_takes_the_loss_into_its_one_graph():
+    "fullgraph=True: a graph break (the loss run outside the compiled graph) is an error; values and gradients as eager."
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = GPT(GPTConfig.from_depth(1, vocab_size=300, seq_len=32))        # 320 head rows: padding is cropped
+    with torch.no_grad():
+        model.lm_head.weight.normal_(std=0.5)                              # far from uniform: the softcap matters
+        for b in model.blocks: b.mlp.c_proj.weight.normal_(std=0.02)       # gradients reach the blocks
+    idx, tgt = torch.randint(0, 300, (4, 32)), torch.randint(0, 300, (4, 32))
+    tgt[1, :7] = -1
+    compiled = torch.compile(model, fullgraph=True, dynamic=False)
+    params = [model.lm_head.weight, model.wte.weight, model.blocks[0].mlp.c_fc.weight]
+    ref, got = model(idx, tgt), compiled(idx, tgt)
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+    for a, b in zip(torch.autograd.grad(got, params), torch.autograd.grad(ref, params)):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    with torch.no_grad():                                                  # evaluation: per-row losses, no gradients
+        torch.testing.assert_close(compiled(idx, tgt, loss_reduction="none"), model(idx, tgt, loss_reduction="none"),
+                                   rtol=1e-5, atol=1e-5)

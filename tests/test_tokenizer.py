@@ -11,7 +11,7 @@ import base64
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import need_asset
+from conftest import need_asset, small_bpe
 from vibenanochat.assets import find_local
 from vibenanochat.tokenizer import (bos_id, encode_doc, encode_docs, get_tokenizer, gpt2_ranks_from_files,
                                     save_tokenizer, token_bytes, tokenizer_hash, train_tokenizer)
@@ -123,6 +123,63 @@ def test_bad_tokenizer_files(tmp_path):
     p.write_text(json.dumps(obj))
     with pytest.raises(ValueError, match="corrupt"):
         get_tokenizer(p)
+
+
+def broken_copies(obj: dict) -> dict[str, tuple[str | bytes, str]]:
+    "name -> (file content, what the one-line error must say) for copies of a good tokenizer.json broken one way each."
+    ranks, merges = obj["ranks"], obj["ranks"][256:]
+    j = lambda **kw: json.dumps({**obj, **kw})
+    return {
+        "missing_key": (json.dumps({k: v for k, v in obj.items() if k != "pat_str"}), "lacks the key(s) pat_str"),
+        "wrong_type": (j(ranks={"0": ranks[0]}), "ranks is dict, not list"),
+        "regex_error": (j(pat_str=r"(\p{L}+"), "split pattern that does not compile"),
+        "engine_error": (j(pat_str=r"\p{Letter+"), "split pattern tiktoken cannot use"),  # `regex` takes it, tiktoken not
+        "empty_pattern": (j(pat_str=""), "matches the empty string"),
+        "not_json": ("ranks: [1, 2, 3]\n", "is not valid JSON"),
+        "truncated": (json.dumps(obj)[: len(json.dumps(obj)) // 2], "is not valid JSON"),
+        "binary": (b"\x80\x81\xfe\xff" * 10, "is not UTF-8 text"),
+        "not_base64": (j(ranks=ranks[:-1] + ["@@not base64@@"]), "is not a base64 string"),
+        "repeated": (j(ranks=ranks + [ranks[300]]), "repeating the token of rank 300"),
+        "missing_byte": (j(ranks=ranks[:65] + ranks[66:]), "lacks 1 of the 256 single bytes"),
+        "out_of_order": (j(ranks=ranks[:256] + merges[::-1]), "inconsistent ranks"),
+        "special_clash": (j(special_tokens={"<|endoftext|>": 5}), "special ids are integers >= "),
+        "newer_version": (j(version=2), "format version 2"),
+    }
+
+
+def test_broken_tokenizer_json_is_one_line_value_error(tmp_path):
+    "Each broken file (real, on disk) is a one-line ValueError naming the file, the problem and the fix: never a Rust panic."
+    bpe = small_bpe()
+    good = save_tokenizer(bpe, tmp_path / "good" / "tokenizer.json")
+    text = "the quick brown fox, 東京 🙂 <|endoftext|> naïve\n\n  x"
+    for loaded in (get_tokenizer(good), get_tokenizer(good.parent)):          # the good file loads as the same tokenizer
+        assert tokenizer_hash(loaded) == tokenizer_hash(bpe) and loaded.encode_ordinary(text) == bpe.encode_ordinary(text)
+        assert loaded.n_vocab == bpe.n_vocab and bos_id(loaded) == bos_id(bpe)
+    for name, (content, says) in broken_copies(json.loads(good.read_text())).items():
+        d = tmp_path / name
+        d.mkdir()
+        p = d / "tokenizer.json"
+        p.write_bytes(content if isinstance(content, bytes) else content.encode())
+        for where in (p, d):                                                   # the file, and the folder that holds it
+            with pytest.raises(ValueError) as e:
+                get_tokenizer(where)
+            msg = str(e.value)
+            assert says in msg and str(p) in msg, (name, msg)
+            assert "\n" not in msg and "save_tokenizer(enc, path)" in msg and "--tokenizer bpe:N" in msg, (name, msg)
+
+
+def test_broken_tokenizer_json_in_a_cli_exits_1_with_one_line(tmp_path):
+    "Through a real CLI process: exit 1, one line on stderr naming the file, no traceback, no shards written."
+    good = save_tokenizer(small_bpe(), tmp_path / "tokenizer.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({**json.loads(good.read_text()), "pat_str": ""}))
+    (tmp_path / "a.txt").write_text("To be, or not to be: that is the question.\n" * 50)
+    r = subprocess.run([sys.executable, "-m", "vibenanochat.data", str(tmp_path / "a.txt"), "--out", str(tmp_path / "out"),
+                        "--tokenizer", str(bad), "--quiet"], capture_output=True, text=True, timeout=300, check=False)
+    assert r.returncode == 1, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(bad) in lines[0] and "matches the empty string" in lines[0], r.stderr
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").glob("*.parquet"))
 
 
 def test_trained_bpe_roundtrips_and_saves(tmp_path):

@@ -9,9 +9,9 @@ import math
 from dataclasses import asdict, dataclass, fields
 
 # %% auto #0
-__all__ = ['REFERENCE_BATCH', 'REFERENCE_DEPTH', 'LR_BATCH_EXPONENT', 'LR_GROUP_EXPONENTS', 'WD_MIN_DEPTH', 'GPTConfig',
-           'count_params', 'flops_per_token', 'batch_lr_scale', 'group_lr_scales', 'depth_wd_scale', 'depth_table',
-           'format_table', 'underscore_flags']
+__all__ = ['REFERENCE_BATCH', 'REFERENCE_DEPTH', 'LR_BATCH_EXPONENT', 'LR_GROUP_EXPONENTS', 'WD_MIN_DEPTH', 'ASSUMED_MFU',
+           'GPTConfig', 'count_params', 'flops_per_token', 'batch_lr_scale', 'group_lr_scales', 'depth_wd_scale',
+           'depth_table', 'format_table', 'estimate_seconds', 'underscore_flags']
 
 # %% ../nbs/00_config.ipynb #9d016893
 @dataclass
@@ -154,6 +154,15 @@ def format_table(rows: list[dict]) -> str:
         lines.append(f"{r['depth']:>5} {r['layers']:>6} {r['width']:>5} {r['heads']:>5} {h(r['N']):>9} {h(r['total']):>9} "
                      f"{h(r['flops_per_token']):>10} {h(r['tokens_10x']):>9} {h(r['tokens_20x']):>9}")
     return "\n".join(lines)
+
+# %% ../nbs/00_config.ipynb #f0048f2d
+ASSUMED_MFU = 0.40     # the one model-FLOPs utilisation the book assumes for a GPU time it did not measure
+
+def estimate_seconds(flops: float, peak_flops: float, mfu: float = ASSUMED_MFU) -> float:
+    "Wall time of `flops` on hardware with dense peak `peak_flops` FLOP/s at utilisation `mfu`: an estimate, not a measurement."
+    if not 0 < mfu <= 1: raise ValueError(f"mfu must be in (0, 1] (got {mfu}): pass a fraction such as 0.4")
+    if peak_flops <= 0: raise ValueError(f"peak_flops must be > 0 (got {peak_flops})")
+    return flops / (peak_flops * mfu)
 
 # %% ../nbs/00_config.ipynb #b1e51282
 def underscore_flags(argv: list[str]) -> list[str]:

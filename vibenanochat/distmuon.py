@@ -16,7 +16,8 @@ import vibenanochat.plumbing as plumbing
 from .muon import MuonAdamW, _grad, muon_adamw_groups
 
 # %% auto #0
-__all__ = ['REPLICATE_BELOW', 'row_shard', 'muon_counts', 'DistMuonAdamW', 'make_optimizer']
+__all__ = ['REPLICATE_BELOW', 'row_shard', 'muon_counts', 'DistMuonAdamW', 'merge_shards', 'shard_of', 'reshard',
+           'make_optimizer']
 
 # %% ../nbs/06_distmuon.ipynb #a7d83b0e
 REPLICATE_BELOW = 1024   # AdamW tensors with fewer elements are all-reduced and updated whole on every rank
@@ -127,6 +128,51 @@ class DistMuonAdamW(MuonAdamW):
             chunk = max(target.counts)
             torch._foreach_copy_(target.params, [full[r * chunk + i] for r in range(W) for i in range(target.counts[r])])
         return loss
+
+# %% ../nbs/06_distmuon.ipynb #83282be3
+def _cat(shares: list[Tensor], n: int, desc: str) -> Tensor:
+    out = torch.cat(shares) if len(shares) > 1 else shares[0]
+    if out.size(0) != n: raise ValueError(f"optimizer shares of {desc} hold {out.size(0)} rows together, expected {n}: the shards are damaged or from another model")
+    return out
+
+def merge_shards(shards: list[dict], optimizer: MuonAdamW) -> dict:
+    "The state one process would hold (world size 1), put together from every rank's `state_dict()` of a run; `optimizer` gives the model's shapes."
+    W = len(shards)
+    if [(s.get("world_size"), s.get("rank")) for s in shards] != [(W, r) for r in range(W)]:
+        raise ValueError(f"optimizer shards are ranks {[s.get('rank') for s in shards]} of worlds {[s.get('world_size') for s in shards]}: pass all {W} shards of one checkpoint, in rank order")
+    params = {f"g{gi}.p{j}": p for gi, g in enumerate(optimizer.param_groups) if g["kind"] == "adamw" for j, p in enumerate(g["params"])}
+    merged = {}
+    for key, desc, _ in optimizer._state_entries():
+        parts = [s["state"].get(key) for s in shards]
+        if any(p is None for p in parts): raise ValueError(f"an optimizer shard has no entry for {desc}: it was saved for a different model")
+        if key in params and (W == 1 or params[key].numel() < REPLICATE_BELOW):    # whole on every rank
+            if any(not torch.equal(parts[0][k], p[k]) for p in parts[1:] for k in ("exp_avg", "exp_avg_sq")):
+                raise ValueError(f"the ranks' copies of {desc} differ: the shards come from different runs or steps")
+            merged[key] = dict(parts[0])
+        elif key in params:                                                     # rows, cut in rank order
+            merged[key] = dict(step=parts[0]["step"], **{k: _cat([p[k] for p in parts], params[key].size(0), desc) for k in ("exp_avg", "exp_avg_sq")})
+        else:                                                                   # a Muon bucket: matrices, in rank order
+            n = len(next(b for b in optimizer.buckets if b.key == key).params)
+            merged[key] = {k: _cat([p[k] for p in parts], n, desc) for k in parts[0]}
+    return dict(shards[0], world_size=1, rank=0, state=merged)
+
+def shard_of(whole: dict, optimizer: MuonAdamW) -> dict:
+    "`optimizer`'s share of a world-size-1 state (from `merge_shards`), cut by its ownership, for its `load_state_dict`."
+    if whole.get("world_size") != 1: raise ValueError("shard_of needs a whole state (world size 1): merge the shards with merge_shards first")
+    state = {}
+    for gi, g in enumerate(optimizer.param_groups):
+        if g["kind"] != "adamw": continue
+        for j, p in enumerate(g["params"]):
+            key, rows = f"g{gi}.p{j}", optimizer.adamw_rows(p)
+            st = whole["state"].get(key, {})
+            state[key] = st if rows is None else {k: v[rows[0]:rows[1]] if isinstance(v, Tensor) else v for k, v in st.items()}
+    for b in optimizer.buckets:
+        state[b.key] = {k: v[b.lo:b.hi] for k, v in whole["state"].get(b.key, {}).items()}
+    return dict(whole, world_size=optimizer.world_size, rank=optimizer.rank, state=state)
+
+def reshard(shards: list[dict], optimizer: MuonAdamW) -> dict:
+    "`optimizer`'s share of the state that the ranks of another world size saved as `shards`."
+    return shard_of(merge_shards(shards, optimizer), optimizer)
 
 # %% ../nbs/06_distmuon.ipynb #c355dea1
 def make_optimizer(model, *, depth: int, total_batch_size: int, matrix_lr: float = 0.02, embedding_lr: float = 0.3,

@@ -193,7 +193,7 @@ RENDER = {"multiple_choice": render_mc, "schema": render_schema, "language_model
 FEWSHOT_SEED, SHUFFLE_SEED = 1234, 1337
 
 def fewshot_indices(n: int, idx: int, k: int, seed: int = FEWSHOT_SEED) -> list[int]:
-    "Indices of the k few-shot examples for example `idx` of `n`: nanochat's draw, never `idx` itself."
+    "Indices of the k few-shot examples for example `idx` of `n`: the seeded draw, never `idx` itself."
     k = min(k, n - 1)
     if k <= 0: return []
     return [j + (j >= idx) for j in random.Random(seed + idx).sample(range(n - 1), k)]

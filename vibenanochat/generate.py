@@ -10,6 +10,7 @@ import html
 import sys
 import threading
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -24,8 +25,8 @@ import vibenanochat.plumbing as plumbing
 import vibenanochat.tokenizer as tokenizer
 
 # %% auto #0
-__all__ = ['prefill', 'Step', 'stream', 'generate_tokens', 'encode_prompt', 'StreamDecoder', 'generate', 'top_tokens',
-           'bar_chart_html', 'GenerationWidget', 'print_completions', 'main']
+__all__ = ['prefill', 'Step', 'stream', 'generate_tokens', 'encode_prompt', 'StreamDecoder', 'fit_to_model', 'generate',
+           'top_tokens', 'bar_chart_html', 'GenerationWidget', 'print_completions', 'main']
 
 # %% ../nbs/13_generate.ipynb #822a72ce
 @torch.no_grad()
@@ -98,11 +99,27 @@ class StreamDecoder:
 
     def flush(self) -> str: return self._utf8.decode(b"", final=True)
 
+# %% ../nbs/13_generate.ipynb #77a705c8
+def fit_to_model(model: gpt.GPT, tokens: list[int], max_new_tokens: int) -> tuple[list[int], int, list[str]]:
+    "Crop the prompt on the left and cap the new tokens so both fit the model's RoPE table → (tokens, n, one-line notes)."
+    L, T, p = model.cos.size(0), model.config.seq_len, len(tokens)
+    n = min(max_new_tokens, L + 1 - min(p, T))           # the last T prompt tokens always fit
+    keep = min(p, L + 1 - n) if n > 0 else p
+    notes = []
+    if n < max_new_tokens:
+        notes.append(f"{max_new_tokens} new tokens do not fit the model's {L} positions (its RoPE table): generating {n}")
+    if keep < p:
+        notes.append(f"the prompt has {p} tokens, more than fit with {n} new ones in the model's {L} positions: "
+                     f"keeping its last {keep}")
+    return tokens[p - keep:], n, notes
+
 # %% ../nbs/13_generate.ipynb #f5ed73d0
 def generate(model: gpt.GPT, enc, prompt: str, max_new_tokens: int = 100, temperature: float = 0.8,
              top_k: int | None = 50, top_p: float | None = None, seed: int = 42, num_samples: int = 1,
              stop_tokens: Iterable[int] | None = None, on_text=None) -> list[str]:
     "Completions of `prompt` (without it), one per sample; stops at BOS unless `stop_tokens` says otherwise."
+    tokens, max_new_tokens, notes = fit_to_model(model, encode_prompt(enc, prompt), max_new_tokens)
+    for note in notes: warnings.warn(note, stacklevel=2)       # too long: cropped and capped, never an error
     stops = [tokenizer.bos_id(enc)] if stop_tokens is None else list(stop_tokens)
     decoders = [StreamDecoder(enc) for _ in range(num_samples)]
     texts = [""] * num_samples
@@ -110,7 +127,7 @@ def generate(model: gpt.GPT, enc, prompt: str, max_new_tokens: int = 100, temper
         if not piece: return
         texts[row] += piece
         if on_text is not None: on_text(row, piece)
-    for step in stream(model, encode_prompt(enc, prompt), max_new_tokens, temperature, top_k, top_p, seed,
+    for step in stream(model, tokens, max_new_tokens, temperature, top_k, top_p, seed,
                        num_samples, stops):
         for row, t in enumerate(step.tokens):
             if t is not None: emit(row, decoders[row].push(t))
@@ -166,6 +183,7 @@ class GenerationWidget:
         self.ui = W.VBox([self.prompt, W.HBox([self.temperature, self.top_k]), W.HBox([self.top_p, self.max_tokens]),
                           W.HBox([self.seed, self.generate_button, self.stop_button, self.status]),
                           W.HBox([self.output, self.chart], layout=wide)], layout=wide)
+        self.ui.add_class("vnc-widget")
         self.completion, self.n_generated, self.stopped_by = "", 0, None
         self._thread, self._stop = None, threading.Event()
 
@@ -215,7 +233,8 @@ class GenerationWidget:
         try:
             self.stopped_by = "length"
             self._show(prompt)
-            for step in stream(self.model, encode_prompt(self.enc, prompt), max_new_tokens, stop_tokens=self.stop_tokens,
+            tokens, max_new_tokens, notes = fit_to_model(self.model, encode_prompt(self.enc, prompt), max_new_tokens)
+            for step in stream(self.model, tokens, max_new_tokens, stop_tokens=self.stop_tokens,
                                stop=self._stop, **sampling):
                 logits, tok = step.logits[0], step.tokens[0]
                 if tok is None:
@@ -229,7 +248,7 @@ class GenerationWidget:
             self.completion += dec.flush()
             self._show(prompt, logits, tok)
             rate = self.n_generated / max(time.time() - t0, 1e-9)
-            self.status.value = f"{self.n_generated} tokens, {rate:.0f} tok/s, stopped by {self.stopped_by}"
+            self.status.value = f"{self.n_generated} tokens, {rate:.0f} tok/s, stopped by {self.stopped_by}" + "".join(f"; {n}" for n in notes)
         except Exception as e:                                 # show it in the widget: a thread has no traceback display
             self.stopped_by = "error"
             self.status.value = f"error: {type(e).__name__}: {e}"
@@ -250,6 +269,10 @@ def print_completions(model: gpt.GPT, enc, prompt: str, out=None, **kwargs) -> l
     out.flush()
     return texts
 
+def _warning_line(message, category, filename, lineno, file=None, line=None):
+    "Show a warning as one line on stderr: `warning: <message>` (no file, line number or source)."
+    print(f"warning: {message}", file=sys.stderr)
+
 if __name__ == "__main__" and globals().get("__file__"):   # run as a script, not inside a notebook
     sys.argv[1:] = vnc_config.underscore_flags(sys.argv[1:])  # --top-k and --top_k alike
 
@@ -260,12 +283,13 @@ def main(checkpoint: str = None,  # checkpoint folder (logs/<run>/checkpoints/st
          temperature: float = 0.8,  # 0 = greedy
          top_k: int = 50,         # keep the k most likely tokens; 0 = off
          top_p: float = 1.0,      # nucleus sampling mass; 1 = off
-         max_length: int = 100,   # new tokens per sample
+         max_length: int = 100,   # new tokens per sample (capped at what the model can address)
          seed: int = 42,          # random seed: the same seed gives the same text
          device: str = None,      # cuda / mps / cpu (default: the best available)
          num_samples: int = 1):   # continuations per prompt
     "Sample text from a checkpoint with the KV cache."
-    with plumbing.cli_errors():
+    with plumbing.cli_errors(), warnings.catch_warnings():     # catch_warnings restores showwarning afterwards
+        warnings.simplefilter("always"); warnings.showwarning = _warning_line
         if checkpoint is None: raise ValueError("--checkpoint is required: pass logs/<run> or a checkpoint folder inside it")
         if temperature < 0: raise ValueError(f"--temperature must be >= 0 (got {temperature}); 0 is greedy")
         if top_k < 0: raise ValueError(f"--top_k must be >= 0 (got {top_k}); 0 turns it off")

@@ -16,7 +16,7 @@ from .config import GPTConfig, flops_per_token
 from .mlp import MLP
 
 # %% auto #0
-__all__ = ['Block', 'GPT', 'sample_token', 'loss_chunk_rows', 'softcap_cross_entropy']
+__all__ = ['MAX_TRACED_CHUNKS', 'Block', 'GPT', 'sample_token', 'loss_chunk_rows', 'softcap_cross_entropy']
 
 # %% ../nbs/04_model.ipynb #2ab0e36e
 class Block(nn.Module):
@@ -87,7 +87,7 @@ class GPT(nn.Module):
             logits = self.lm_head(x)[..., :cfg.vocab_size].float()   # crop the padding, then fp32
             return cfg.softcap * torch.tanh(logits / cfg.softcap)
         # training and evaluation never hold the (B·T, vocab) logits: head, softcap and loss run over chunks of rows,
-        # with the chunk kernels compiled exactly when this forward is being compiled
+        # in the compiler's formulation (traced into the graph) exactly when this forward is being compiled
         loss = softcap_cross_entropy(x.reshape(B * T, -1), self.lm_head.weight, targets.reshape(-1), cfg.vocab_size,
                                      cfg.softcap, ignore_index=-1, reduction=loss_reduction,
                                      compiled=torch.compiler.is_compiling())
@@ -149,7 +149,7 @@ def _chunk_loss(x: torch.Tensor, w: torch.Tensor, tgt: torch.Tensor, cap: float,
 
 def _chunk_grad(x: torch.Tensor, w: torch.Tensor, tgt: torch.Tensor, g: torch.Tensor, cap: float,
                 ignore_index: int) -> tuple[torch.Tensor, torch.Tensor]:
-    "Per-row loss of one chunk and d(Σ g·loss)/d(raw logits) in x's dtype; in place wherever possible (one chunk of memory)."
+    "Eager: per-row loss of one chunk and d(Σ g·loss)/d(raw logits) in x's dtype, in place (one chunk of memory)."
     t = (x @ w.mT).float().div_(cap).tanh_()
     # |s| < cap, so Σ exp(s) cannot overflow fp32 (cap ≤ 80): no max-subtraction pass, and the exps are reused below
     e = (t * cap).exp_() if cap <= 80 else (t * cap - cap).exp_()
@@ -163,6 +163,31 @@ def _chunk_grad(x: torch.Tensor, w: torch.Tensor, tgt: torch.Tensor, g: torch.Te
     p.addcmul_(p, t.square_(), value=-1)                             # chain rule through cap·tanh(z/cap): × (1 − t²)
     return loss, p.mul_(torch.where(valid, g, 0.0)[:, None]).to(x.dtype)
 
+def _chunk_grads(x: torch.Tensor, w: torch.Tensor, tgt: torch.Tensor, g: torch.Tensor, cap: float,
+                 ignore_index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Compiled: per-row loss of one chunk, d(Σ g·loss)/dx in x's dtype and d(Σ g·loss)/dWᵀ in fp32, written so that
+    the compiler's kernels only read the logits Z and write one buffer D' of Z's size and dtype."""
+    z = x @ w.mT
+    shift = cap if cap > 80 else 0.0                       # exp(s − shift) cannot overflow fp32 (|s| < cap)
+    # the row sums and D' each recompute tanh and exp from Z (spelt differently, so that the graph's common-subexpression
+    # pass keeps them apart): two passes that read bf16 Z beat one pass that writes fp32 temporaries for the other
+    total = torch.exp(torch.tanh(z.float() / cap) * cap - shift).sum(dim=-1)
+    t = torch.tanh(z.float() * (1 / cap))
+    d = (torch.exp(cap * t - shift) * (1 - t * t)).to(x.dtype)    # softmax numerator × tanh' (1/total comes below)
+    valid = tgt != ignore_index
+    safe = torch.where(valid, tgt, 0)
+    # the targets' capped logits from their head rows (not a gather from Z, which would make the compiler keep Z in fp32)
+    tt = torch.tanh((x.float() * w[safe].float()).sum(-1).to(x.dtype).float() / cap)
+    et = torch.exp(cap * tt - shift)
+    loss = torch.where(valid, total.log() + shift - cap * tt, 0.0)
+    # the one-hot target: D'[i, y_i] = (e_i,y − total_i)(1 − t²), N elements written into D'
+    d = d.index_put((torch.arange(x.size(0), device=x.device), safe), ((et - total) * (1 - tt * tt)).to(x.dtype))
+    r = torch.where(valid, g / total, 0.0)[:, None]        # the softmax's normalisation, on the small side of each matmul
+    gx = ((d @ w).float() * r).to(x.dtype)
+    # Xᵀ D' rather than D'ᵀ X: both matmuls read D' as it lies, so the compiler writes it once
+    gwt = ((x.float() * r).to(x.dtype).mT @ d).float()
+    return loss, gx, gwt
+
 def _accumulate(gw: torch.Tensor, d: torch.Tensor, x: torch.Tensor) -> None:
     "gw (fp32) += dᵀ x, the matmul in the inputs' dtype."
     if d.dtype == gw.dtype: gw.addmm_(d.mT, x)
@@ -170,34 +195,46 @@ def _accumulate(gw: torch.Tensor, d: torch.Tensor, x: torch.Tensor) -> None:
 
 _compiled: dict = {}
 def _kernel(fn, compiled: bool):
-    "`fn`, or its torch.compile'd version (one graph per chunk shape, shared by every call)."
-    if not compiled: return fn
+    "`fn`, or its torch.compile'd version (one graph per chunk shape) when called outside a compiled model."
+    if not compiled or torch.compiler.is_compiling(): return fn      # inside a compiled model: traced into its graph
     if fn not in _compiled: _compiled[fn] = torch.compile(fn, dynamic=False, fullgraph=True)
     return _compiled[fn]
+
+def _loss_and_grads(x, w, V, tgt, rows, cap, ignore_index, chunk, compiled):
+    "Per-row losses and the gradients of Σ rows·loss with respect to x and W (fp32, zero on W's padding rows), by chunks."
+    N, wv = x.size(0), w[:V]
+    if compiled:                                               # functional: what the compiler fuses best
+        losses, gxs, gwt = [], [], None
+        for i in range(0, N, chunk):
+            l, gx, g = _kernel(_chunk_grads, True)(x[i:i + chunk], wv, tgt[i:i + chunk], rows[i:i + chunk], cap, ignore_index)
+            losses.append(l); gxs.append(gx); gwt = g if gwt is None else gwt + g
+        return torch.cat(losses), torch.cat(gxs), torch.nn.functional.pad(gwt, (0, w.size(0) - V)).mT
+    loss = x.new_empty(N, dtype=torch.float32)                 # eager: in place, one chunk of memory at a time
+    gx, gw = torch.empty_like(x), torch.zeros(w.shape, dtype=torch.float32, device=w.device)
+    for i in range(0, N, chunk):
+        xc = x[i:i + chunk]
+        loss[i:i + chunk], d = _chunk_grad(xc, wv, tgt[i:i + chunk], rows[i:i + chunk], cap, ignore_index)
+        torch.mm(d, wv, out=gx[i:i + chunk])
+        _accumulate(gw[:V], d, xc)
+    return loss, gx, gw
 
 def loss_chunk_rows(vocab_size: int, budget: int = 2**25) -> int:
     "Most rows per chunk: about `budget` fp32 logits (128 MB) at a time, a multiple of 64 rows."
     return max(64, budget // vocab_size // 64 * 64)
 
+MAX_TRACED_CHUNKS = 8    # a compiled model unrolls the chunk loop into its graph: bigger chunks rather than more copies
+
 class _SoftcapCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, w, tgt, V, cap, ignore_index, reduction, chunk, compiled, grad_now):
-        N = x.size(0)
-        wv = w[:V]                                                  # the head without its padding rows
-        loss = x.new_empty(N, dtype=torch.float32)
         n_valid = (tgt != ignore_index).sum()
         if grad_now:                                                # mean/sum: the gradient of every row is known now
-            gx, gw = torch.empty_like(x), torch.zeros(w.shape, dtype=torch.float32, device=w.device)
-            ones = torch.ones(min(chunk, N), device=x.device)
-            for i in range(0, N, chunk):
-                xc = x[i:i + chunk]
-                loss[i:i + chunk], d = _kernel(_chunk_grad, compiled)(xc, wv, tgt[i:i + chunk], ones[:xc.size(0)], cap, ignore_index)
-                torch.mm(d, wv, out=gx[i:i + chunk])
-                _accumulate(gw[:V], d, xc)
+            loss, gx, gw = _loss_and_grads(x, w, V, tgt, x.new_ones(x.size(0), dtype=torch.float32), cap, ignore_index,
+                                           chunk, compiled)
             ctx.save_for_backward(gx, gw, n_valid)
         else:                                                       # no gradient, or 'none': keep only the inputs
-            for i in range(0, N, chunk):
-                loss[i:i + chunk] = _kernel(_chunk_loss, compiled)(x[i:i + chunk], wv, tgt[i:i + chunk], cap, ignore_index)
+            loss = torch.cat([_kernel(_chunk_loss, compiled)(x[i:i + chunk], w[:V], tgt[i:i + chunk], cap, ignore_index)
+                              for i in range(0, x.size(0), chunk)])
             ctx.save_for_backward(x, w, tgt, n_valid)
         ctx.args = (V, cap, ignore_index, reduction, chunk, compiled, grad_now)
         if reduction == "none": return loss
@@ -212,22 +249,16 @@ class _SoftcapCrossEntropy(torch.autograd.Function):
             scale = g if reduction == "sum" else g / n_valid
             return (gx * scale).to(gx.dtype), (gw * scale).to(gx.dtype), *nones
         x, w, tgt, n_valid = ctx.saved_tensors                     # recompute each chunk with the row weights g
-        N, wv = x.size(0), w[:V]
-        rows = g.float() if reduction == "none" else (g if reduction == "sum" else g / n_valid).float().expand(N)
-        gx, gw = torch.empty_like(x), torch.zeros(w.shape, dtype=torch.float32, device=w.device)
-        for i in range(0, N, chunk):
-            xc = x[i:i + chunk]
-            _, d = _kernel(_chunk_grad, compiled)(xc, wv, tgt[i:i + chunk], rows[i:i + chunk].contiguous(), cap, ignore_index)
-            torch.mm(d, wv, out=gx[i:i + chunk])
-            _accumulate(gw[:V], d, xc)
+        rows = g.float() if reduction == "none" else (g if reduction == "sum" else g / n_valid).float().expand(x.size(0))
+        _, gx, gw = _loss_and_grads(x, w, V, tgt, rows.contiguous(), cap, ignore_index, chunk, compiled)
         return gx, gw.to(w.dtype), *nones
 
-@torch.compiler.disable           # a compiled model breaks its graph here; the chunk kernels compile on their own
 def softcap_cross_entropy(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, vocab_size: int, softcap: float,
                           ignore_index: int = -1, reduction: str = "mean", chunk_rows: int | None = None,
                           compiled: bool = False) -> torch.Tensor:
     """`F.cross_entropy(softcap·tanh((x Wᵀ)[:, :vocab_size] / softcap), targets)` for x (N, C), W (V_padded, C),
-    without ever holding all N × vocab_size logits: chunks of rows, gradients computed chunk by chunk."""
+    without ever holding all N × vocab_size logits: chunks of rows, gradients computed chunk by chunk. `compiled`: the
+    compiler's formulation (traced into the graph inside a compiled model, else its chunk kernels compiled on their own)."""
     if reduction not in ("mean", "sum", "none"): raise ValueError(f"reduction {reduction!r}: use 'mean', 'sum' or 'none'")
     dev = x.device.type
     if torch.is_autocast_enabled(dev):                              # autocast's matmul dtype, decided here once
@@ -236,6 +267,7 @@ def softcap_cross_entropy(x: torch.Tensor, weight: torch.Tensor, targets: torch.
     else: weight = weight.to(x.dtype)
     grad_now = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad) and reduction != "none"
     most = chunk_rows or loss_chunk_rows(vocab_size)
+    if torch.compiler.is_compiling() and not chunk_rows: most = max(most, -(-x.size(0) // MAX_TRACED_CHUNKS))
     chunk = -(-x.size(0) // -(-x.size(0) // most))                 # equal chunks (one compiled shape), none above `most`
     with torch.autocast(dev, enabled=False):
         return _SoftcapCrossEntropy.apply(x, weight, targets, vocab_size, float(softcap), ignore_index, reduction,

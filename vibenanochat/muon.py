@@ -262,7 +262,7 @@ class MuonAdamW(torch.optim.Optimizer):
             raise ValueError("not a MuonAdamW optimizer state: load the file saved from this optimizer's state_dict()")
         if sd["world_size"] != self.world_size:
             raise ValueError(f"optimizer state was saved with world size {sd['world_size']} but this run has {self.world_size}: "
-                             f"resume with {sd['world_size']} processes (the state is sharded per rank)")
+                             f"re-cut the per-rank shares first with distmuon.reshard (--resume does this)")
         if sd["rank"] != self.rank:
             raise ValueError(f"optimizer shard of rank {sd['rank']} loaded on rank {self.rank}: each rank loads its own file")
         saved, mine = sd["param_groups"], [(g["kind"], len(g["params"])) for g in self.param_groups]

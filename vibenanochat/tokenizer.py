@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 from typing import Iterable
 
+import regex
 import tiktoken
 import torch
 
@@ -90,18 +91,65 @@ def save_tokenizer(enc: tiktoken.Encoding, path: str | Path) -> Path:
            "hash": tokenizer_hash(enc)}
     return plumbing.atomic_write(path, json.dumps(obj))
 
-def _load_saved(path: Path) -> tiktoken.Encoding:
-    try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise ValueError(f"{path} is not JSON: not a tokenizer saved by save_tokenizer") from None
+# %% ../nbs/01_tokenizer.ipynb #502c7806
+_REMAKE = ("write it again with save_tokenizer(enc, path), or prepare its data folder again "
+           "(python -m vibenanochat.data SOURCE --out FOLDER --tokenizer bpe:N)")
+_FIELDS = {"name": str, "pat_str": str, "special_tokens": dict, "ranks": list}
+
+def _check_saved(obj: object, path: Path) -> tuple[str, dict[bytes, int], dict[str, int]]:
+    "(pattern, ranks, specials) of a parsed tokenizer.json, or a one-line ValueError naming `path`, the problem and the fix."
+    def bad(why: str) -> ValueError: return ValueError(f"{path} {why}: {_REMAKE}")
     if not isinstance(obj, dict) or obj.get("format") != TOKENIZER_FORMAT:
-        raise ValueError(f"{path} is not a tokenizer saved by save_tokenizer (no \"format\": \"{TOKENIZER_FORMAT}\")")
-    ranks = {base64.b64decode(t): i for i, t in enumerate(obj["ranks"])}
-    enc = tiktoken.Encoding(obj["name"], pat_str=obj["pat_str"], mergeable_ranks=ranks,
-                            special_tokens={k: int(v) for k, v in obj["special_tokens"].items()})
+        raise bad(f'is not a tokenizer saved by save_tokenizer (no "format": "{TOKENIZER_FORMAT}")')
+    if obj.get("version", 1) != 1: raise bad(f"has format version {obj['version']!r}, this library reads version 1")
+    missing = [k for k in _FIELDS if k not in obj]
+    if missing: raise bad(f"lacks the key(s) {', '.join(missing)}")
+    wrong = [f"{k} is {type(obj[k]).__name__}, not {t.__name__}" for k, t in _FIELDS.items() if not isinstance(obj[k], t)]
+    if wrong: raise bad("has fields of the wrong type (" + "; ".join(wrong) + ")")
+    pat = obj["pat_str"]
+    try:
+        compiled = regex.compile(pat)
+    except regex.error as e:
+        raise bad(f"has a split pattern that does not compile ({e})") from None
+    if compiled.search("") is not None:          # tiktoken panics on an empty piece
+        raise bad("has a split pattern that matches the empty string (each piece needs at least one character)")
+    ranks: dict[bytes, int] = {}
+    for r, t in enumerate(obj["ranks"]):
+        try:
+            b = base64.b64decode(t, validate=True)
+        except (TypeError, ValueError):
+            raise bad(f"has rank {r} that is not a base64 string") from None
+        if not b: raise bad(f"has an empty token at rank {r}")
+        if b in ranks: raise bad(f"has rank {r} repeating the token of rank {ranks[b]}")
+        ranks[b] = r
+    absent = [x for x in range(256) if bytes([x]) not in ranks]
+    if absent: raise bad(f"lacks {len(absent)} of the 256 single bytes (byte {absent[0]} first), so some text cannot be encoded")
+    for b, r in ranks.items():                   # a BPE's table: every longer token merges two earlier ones
+        if len(b) > 1 and not any(ranks.get(b[:k], r) < r and ranks.get(b[k:], r) < r for k in range(1, len(b))):
+            raise bad(f"has inconsistent ranks: token {b!r} (rank {r}) is not a merge of two tokens of lower rank")
+    specials = obj["special_tokens"]
+    for s, v in specials.items():
+        if type(v) is not int or v < len(ranks):
+            raise bad(f"gives special token {s!r} the id {v!r}: special ids are integers >= {len(ranks)}, after the ranks")
+    if len(set(specials.values())) < len(specials): raise bad("gives two special tokens the same id")
+    return pat, ranks, specials
+
+def _load_saved(path: Path) -> tiktoken.Encoding:
+    "A tokenizer written by `save_tokenizer`, checked field by field (`_check_saved`) and against its recorded hash."
+    try:
+        obj = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not UTF-8 text, so not a tokenizer saved by save_tokenizer: {_REMAKE}") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON ({e.msg}: line {e.lineno} column {e.colno}; truncated?): "
+                         f"{_REMAKE}") from None
+    pat, ranks, specials = _check_saved(obj, path)
+    try:
+        enc = tiktoken.Encoding(obj["name"], pat_str=pat, mergeable_ranks=ranks, special_tokens=specials)
+    except ValueError as e:                      # a pattern `regex` accepts but tiktoken's engine does not
+        raise ValueError(f"{path} has a split pattern tiktoken cannot use ({str(e).splitlines()[0]}): {_REMAKE}") from None
     if obj.get("hash") and obj["hash"] != tokenizer_hash(enc):
-        raise ValueError(f"{path} is corrupt: its content does not match its recorded hash")
+        raise ValueError(f"{path} is corrupt: its content does not match its recorded hash: {_REMAKE}")
     return enc
 
 # %% ../nbs/01_tokenizer.ipynb #be2ec815
