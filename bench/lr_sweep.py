@@ -1,15 +1,17 @@
 """Learning-rate and weight-decay sweeps on Tiny Shakespeare at laptop scale, and Muon vs a tuned AdamW baseline.
 
     python bench/lr_sweep.py prepare                    # corpus BPE, pieces cut at line breaks, last 10 % held out
-    python bench/lr_sweep.py sweep                      # the (depth, batch) x LR-multiplier grid and the WD sweep
+    python bench/lr_sweep.py sweep                      # the (depth, batch) x LR-multiplier grid, the WD and per-group sweeps
     python bench/lr_sweep.py compare                    # defaults vs AdamW at 3 LRs, depth 4, 4,096-token batches
     python bench/lr_sweep.py report                     # the tables and the fitted exponent, from the CSV
 
 Every run goes through the library's trainer (`vibenanochat.trainer.train`), one process on the CPU, and appends one
 row to the results CSV (depth, batch, tokens, group, multiplier, lr, wd, val_bpb, seed, seconds) as soon as it
 ends, so an interrupted sweep keeps what it measured and a rerun skips rows already there. `mult` multiplies the
-learning rate(s) of `group` relative to what the library's rule gives at that (depth, batch); `lr` is the resulting
-absolute rate of that group (the matrix rate for `all`). Validation is the last 10 % of the text, never trained on.
+learning rate(s) of `group`: for exp `lr`/`wd` relative to the depth-12 constants, for exp `group` relative to the
+one-exponent rule (every rate x batch_lr_scale(B)), for exp `group2` relative to the per-group rule (group_lr_scales);
+`lr` is the resulting absolute rate of that group (the Muon rate for `all` and for the library's `defaults`).
+Validation is the last 10 % of the text, never trained on.
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ import vibenanochat.data as data
 import vibenanochat.muon as muon
 import vibenanochat.tokenizer as tok
 import vibenanochat.trainer as trainer
-from vibenanochat.config import REFERENCE_BATCH
+from vibenanochat.config import REFERENCE_BATCH, batch_lr_scale, group_lr_scales
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -117,6 +119,9 @@ def run(data_dir: Path, depth: int, batch: int, tokens: int, seed: int = 42, dty
     return dict(s, seconds=time.time() - t, steps=tc.num_iterations)
 
 
+ALIAS = dict(value_embeds="embedding", resid_lambdas="scalars", x0_lambdas="scalars")   # the library's rate they share
+
+
 def absolute_groups(mults: dict[str, float], wd: float | None = None):
     "Optimizer factory: the library's groups with each group's LR set to reference constant × mults[group] (absolute), Muon WD = wd."
     ref = dict(matrix="matrix_lr", embedding="embedding_lr", unembedding="unembedding_lr", value_embeds="embedding_lr")
@@ -125,7 +130,7 @@ def absolute_groups(mults: dict[str, float], wd: float | None = None):
         for g in groups:
             key = ref.get(g["name"])
             base = REF[key] if key else (REF["scalar_lr"] * (0.01 if g["name"] == "resid_lambdas" else 1))
-            g["lr"] = base * mults.get(g["name"], mults.get("all", 1.0))
+            g["lr"] = base * mults.get(g["name"], mults.get(ALIAS.get(g["name"], ""), mults.get("all", 1.0)))
             if g["kind"] == "muon" and wd is not None: g["weight_decay"] = wd
         return muon.MuonAdamW(groups)
     return make
@@ -150,7 +155,16 @@ def measure(data_dir: Path, exp: str, depth: int, batch: int, tokens: int, group
     row = dict(exp=exp, depth=depth, batch=batch, tokens=tokens, steps=tokens // batch, optimizer=optimizer, group=group,
                mult=mult, lr=0.0, wd=wd, val_bpb=0.0, seed=seed, seconds=0.0)
     mults = dict(base or {}); mults[group] = mult
-    row["lr"] = lr if optimizer == "adamw" else REF["matrix_lr"] * mults.get("matrix", mults.get("all", 1.0))
+    if exp == "group":      # `mult` relative to the one-exponent rule: every group at batch_lr_scale(B), this one x mult
+        s = batch_lr_scale(batch)
+        mults = {k: v * s for k, v in mults.items()}; mults.setdefault("all", s)
+    elif exp == "group2":   # `mult` relative to the per-group rule (group_lr_scales), this group x mult
+        rule = {("scalars" if k == "scalar" else k): v for k, v in group_lr_scales(batch).items()}
+        mults = {k: rule[k] * mults.get(k, 1.0) for k in rule}
+    key = dict(embedding="embedding_lr", unembedding="unembedding_lr", scalars="scalar_lr").get(group, "matrix_lr")
+    if optimizer == "adamw": row["lr"] = lr
+    elif optimizer == "defaults": row["lr"] = REF["matrix_lr"] * batch_lr_scale(batch)   # the rule's Muon rate
+    else: row["lr"] = REF[key] * mults.get(group if key != "matrix_lr" else "matrix", mults.get("all", 1.0))
     done = {_key(r): r for r in read_rows(path)}
     if _key(row) in done: return done[_key(row)]
     opt = absolute_groups(mults, wd) if optimizer == "muon" else adamw_everywhere(lr, wd) if optimizer == "adamw" else None
@@ -179,6 +193,7 @@ def lr_scan(data_dir, exp, depth, batch, tokens, mults, wd=0.2, group="all", bas
     return min(res, key=res.get)
 
 
+GROUP_SWEEP = (("unembedding", (2, 0.5, 0.25)), ("embedding", (2, 4)))   # in the order they ran (biggest expected information first)
 ADAMW_LRS = (1e-3, 3e-3, 1e-2)   # nanoGPT's small-model rate and two half-decades above it
 TOKENS = 2**19   # every sweep run sees 0.52 M training tokens (about 1.9 passes over the training text)
 
@@ -196,13 +211,24 @@ def sweep(data_dir: Path, only: str = "") -> None:
         for wd in (0.0, 7.2): measure(data_dir, "wd", 2, 4096, TOKENS, "all", 1.0, wd)
     if want("old"):     # the old rule at the key point: LRs x sqrt(4096/2^19), WD 0.2 x (12/4)^2
         measure(data_dir, "old_rule", 4, 4096, TOKENS, "all", math.sqrt(4096 / REFERENCE_BATCH), 1.8)
+    if want("group"):   # one AdamW group at a time, x mult relative to the one-exponent rule (the others at it), depth 4
+        for g, ms in GROUP_SWEEP:
+            for m in ms: measure(data_dir, "group", 4, 4096, TOKENS, g, m, 0.2)
+    if want("compare"): compare(data_dir)   # the defaults under the per-group rule (the AdamW rows are already there)
+    if want("depth6"):  # the per-group rule at depth 6 (half the tokens): the defaults, then the head's rate x2 and x0.5
+        measure(data_dir, "group2", 6, 4096, TOKENS // 2, "per_group", 1.0, 0.2, optimizer="defaults")
+        for m in (2, 0.5): measure(data_dir, "group2", 6, 4096, TOKENS // 2, "unembedding", m, 0.2)
+    if want("seed"):    # a second seed of the key comparison: the defaults and the best AdamW rate
+        measure(data_dir, "seed", 4, 4096, TOKENS, "per_group", batch_lr_scale(4096), 0.2, optimizer="defaults", seed=43)
+        measure(data_dir, "seed", 4, 4096, TOKENS, optimizer="adamw", lr=3e-3, mult=0, wd=0.1, seed=43)
 
 
 def compare(data_dir: Path, depth: int = 4, batch: int = 4096, tokens: int = TOKENS) -> dict:
     "The library's defaults (nothing overridden) vs AdamW everywhere at three LRs: same model, data, schedule, tokens."
-    from vibenanochat.config import batch_lr_scale, depth_wd_scale
-    ours = float(measure(data_dir, "compare", depth, batch, tokens, optimizer="defaults", mult=batch_lr_scale(batch),
-                         wd=REF["weight_decay"] * depth_wd_scale(depth))["val_bpb"])
+    from vibenanochat.config import depth_wd_scale
+    # group "per_group": the per-group rule (group_lr_scales); the first defaults row ("all") had one exponent for all
+    ours = float(measure(data_dir, "compare", depth, batch, tokens, "per_group", optimizer="defaults",
+                         mult=batch_lr_scale(batch), wd=REF["weight_decay"] * depth_wd_scale(depth))["val_bpb"])
     adam = {lr: float(measure(data_dir, "compare", depth, batch, tokens, optimizer="adamw", lr=lr, mult=0, wd=0.1)["val_bpb"])
             for lr in ADAMW_LRS}
     best = min(adam, key=adam.get)
@@ -227,7 +253,7 @@ def main():
     p.add_argument("what", choices=["prepare", "sweep", "compare", "report"])
     p.add_argument("--data-dir", default="data/shakespeare_bpe4k")
     p.add_argument("--text", default=None, help="Tiny Shakespeare path (default: the library's asset look-up)")
-    p.add_argument("--only", default="", help="sweep parts: lr,adamw,wd,old (default: all)")
+    p.add_argument("--only", default="", help="sweep parts: lr,adamw,wd,old,group,compare,depth6,seed (default: all)")
     a = p.parse_args()
     d = Path(a.data_dir)
     if a.what == "prepare": prepare(d, a.text)

@@ -9,9 +9,9 @@ import math
 from dataclasses import asdict, dataclass, fields
 
 # %% auto #0
-__all__ = ['REFERENCE_BATCH', 'REFERENCE_DEPTH', 'LR_BATCH_EXPONENT', 'WD_MIN_DEPTH', 'ASSUMED_MFU', 'GPTConfig', 'count_params',
-           'flops_per_token', 'batch_lr_scale', 'depth_wd_scale', 'depth_table', 'format_table', 'estimate_seconds',
-           'underscore_flags']
+__all__ = ['REFERENCE_BATCH', 'REFERENCE_DEPTH', 'LR_BATCH_EXPONENT', 'LR_GROUP_EXPONENTS', 'WD_MIN_DEPTH', 'ASSUMED_MFU',
+           'GPTConfig', 'count_params', 'flops_per_token', 'batch_lr_scale', 'group_lr_scales', 'depth_wd_scale',
+           'depth_table', 'format_table', 'estimate_seconds', 'underscore_flags']
 
 # %% ../nbs/00_config.ipynb #9d016893
 @dataclass
@@ -112,12 +112,19 @@ def flops_per_token(cfg: GPTConfig) -> int:
 REFERENCE_BATCH = 2**19     # tokens per step at which the learning rates were tuned (depth 12)
 REFERENCE_DEPTH = 12
 LR_BATCH_EXPONENT = -0.15    # γ in LR ∝ (B/2¹⁹)^γ, fitted on CPU runs (section "Measuring the rules"); not the textbook ½
+# γ per optimizer group, measured one group at a time at depth 4 (section "One group at a time"): the head's rate does
+# not follow the batch, the embedding's follows it twice as fast; the Muon matrices and the scalars keep γ
+LR_GROUP_EXPONENTS = dict(matrix=LR_BATCH_EXPONENT, embedding=2 * LR_BATCH_EXPONENT, unembedding=0.0, scalar=LR_BATCH_EXPONENT)
 WD_MIN_DEPTH = 12           # below depth 12 the decay stays at its reference value instead of growing as (12/depth)²
 
 def batch_lr_scale(total_batch_size: int, reference: int = REFERENCE_BATCH, exponent: float = LR_BATCH_EXPONENT) -> float:
     "Multiplier for every learning rate: (B / 2¹⁹)^γ with the measured γ; exactly 1 at the reference batch."
     if total_batch_size < 1: raise ValueError(f"total batch size must be >= 1 token (got {total_batch_size})")
     return (total_batch_size / reference) ** exponent
+
+def group_lr_scales(total_batch_size: int, reference: int = REFERENCE_BATCH) -> dict[str, float]:
+    "Multiplier for each group's learning rate (`matrix`, `embedding`, `unembedding`, `scalar`): (B / 2¹⁹)^γ_group; all exactly 1 at the reference."
+    return {g: batch_lr_scale(total_batch_size, reference, e) for g, e in LR_GROUP_EXPONENTS.items()}
 
 def depth_wd_scale(depth: int, reference: int = REFERENCE_DEPTH, min_depth: int = WD_MIN_DEPTH) -> float:
     "Multiplier for Muon's weight decay: (12 / depth)² from depth 12 up, 1 below (the old rule exploded there)."

@@ -179,7 +179,7 @@ def make_optimizer(model, *, depth: int, total_batch_size: int, matrix_lr: float
                    unembedding_lr: float = 0.004, scalar_lr: float = 0.5, weight_decay: float = 0.2,
                    adam_betas: tuple[float, float] = (0.8, 0.95), normuon: bool = True, cautious: bool = True,
                    compile: bool | None = None) -> MuonAdamW:
-    "The optimizer for a GPT: LRs × `batch_lr_scale(B)`, Muon WD × `depth_wd_scale(depth)`; DistMuonAdamW when torch.distributed runs W > 1."
+    "The optimizer for a GPT: LRs × `group_lr_scales(B)`, Muon WD × `depth_wd_scale(depth)`; DistMuonAdamW when torch.distributed runs W > 1."
     groups = muon_adamw_groups(model, depth=depth, total_batch_size=total_batch_size, matrix_lr=matrix_lr,
                                embedding_lr=embedding_lr, unembedding_lr=unembedding_lr, scalar_lr=scalar_lr,
                                weight_decay=weight_decay, adam_betas=adam_betas, normuon=normuon, cautious=cautious)

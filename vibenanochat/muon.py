@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .config import batch_lr_scale, depth_wd_scale
+from .config import batch_lr_scale, depth_wd_scale, group_lr_scales
 
 # %% auto #0
 __all__ = ['QUINTIC', 'POLAR_EXPRESS', 'SCHEMES', 'MUON_DEFAULTS', 'ADAMW_DEFAULTS', 'ns_coefficients', 'orthogonalize',
@@ -294,17 +294,17 @@ def muon_adamw_groups(model, *, depth: int, total_batch_size: int, matrix_lr: fl
                       unembedding_lr: float = 0.004, scalar_lr: float = 0.5, weight_decay: float = 0.2,
                       adam_betas: tuple[float, float] = (0.8, 0.95), normuon: bool = True, cautious: bool = True,
                       scheme: str = "polar_express", ns_steps: int = 5) -> list[dict]:
-    "The optimizer groups of a GPT: LRs × `batch_lr_scale(B)`, Muon weight decay × `depth_wd_scale(depth)`; empty groups are left out."
-    s, pg = batch_lr_scale(total_batch_size), model.param_groups()
+    "The optimizer groups of a GPT: each LR × its `group_lr_scales(B)` entry, Muon weight decay × `depth_wd_scale(depth)`; empty groups are left out."
+    s, pg = group_lr_scales(total_batch_size), model.param_groups()
     groups = [
-        dict(name="matrix", kind="muon", params=pg["matrix"], lr=matrix_lr * s, momentum=0.95,
+        dict(name="matrix", kind="muon", params=pg["matrix"], lr=matrix_lr * s["matrix"], momentum=0.95,
              weight_decay=weight_decay * depth_wd_scale(depth), normuon=normuon, cautious=cautious,
              scheme=scheme, ns_steps=ns_steps),
-        dict(name="embedding", kind="adamw", params=pg["embedding"], lr=embedding_lr * s, betas=adam_betas),
-        dict(name="unembedding", kind="adamw", params=pg["unembedding"], lr=unembedding_lr * s, betas=adam_betas),
-        dict(name="value_embeds", kind="adamw", params=pg["value_embeds"], lr=embedding_lr * s, betas=adam_betas),
-        dict(name="resid_lambdas", kind="adamw", params=pg["resid_lambdas"], lr=scalar_lr * 0.01 * s, betas=adam_betas),
-        dict(name="x0_lambdas", kind="adamw", params=pg["x0_lambdas"], lr=scalar_lr * s, betas=(0.96, 0.95)),
+        dict(name="embedding", kind="adamw", params=pg["embedding"], lr=embedding_lr * s["embedding"], betas=adam_betas),
+        dict(name="unembedding", kind="adamw", params=pg["unembedding"], lr=unembedding_lr * s["unembedding"], betas=adam_betas),
+        dict(name="value_embeds", kind="adamw", params=pg["value_embeds"], lr=embedding_lr * s["embedding"], betas=adam_betas),
+        dict(name="resid_lambdas", kind="adamw", params=pg["resid_lambdas"], lr=scalar_lr * 0.01 * s["scalar"], betas=adam_betas),
+        dict(name="x0_lambdas", kind="adamw", params=pg["x0_lambdas"], lr=scalar_lr * s["scalar"], betas=(0.96, 0.95)),
     ]
     return [g for g in groups if g["params"]]
 
