@@ -385,15 +385,16 @@ class Interrupted(KeyboardInterrupt):
     "Ctrl-C or SIGTERM: the run saved a checkpoint and stopped (the CLI prints the message and exits 130)."
 
 def format_header(tc: TrainConfig, cfg: GPTConfig, plan: dict, d: Dist, dtype, use_compile: bool, tok_name: str) -> str:
-    from vibenanochat.config import LR_BATCH_EXPONENT, batch_lr_scale, depth_wd_scale
-    lr_s, wd_s = batch_lr_scale(tc.total_batch_size), depth_wd_scale(tc.depth)
+    from vibenanochat.config import LR_GROUP_EXPONENTS, depth_wd_scale, group_lr_scales
+    s, wd_s = group_lr_scales(tc.total_batch_size), depth_wd_scale(tc.depth)
+    gammas = "/".join(f"{v:g}" for v in LR_GROUP_EXPONENTS.values())
     return "\n".join([
         f"run        {tc.run_name} on {d.world_size} x {d.device.type} ({str(dtype).removeprefix('torch.')}, compile {'on' if use_compile else 'off'})",
         f"model      depth {cfg.n_layer}: width {cfg.n_embd}, {cfg.n_head} heads of {cfg.head_dim}, vocab {cfg.vocab_size} (padded {cfg.padded_vocab_size}), seq {cfg.seq_len}",
         f"params     total {plan['params_total']:,} | scaling N {plan['params_N']:,} | FLOPs/token {plan['flops_per_token']:,}",
         f"batch      {tc.total_batch_size:,} tokens/step = {tc.device_batch_size} seq x {tc.seq_len} x {d.world_size} proc x {plan['grad_accum']} accum",
         f"horizon    {plan['num_steps']:,} steps ({plan['horizon']}) = {plan['tokens']:,} tokens, {plan['flops']:.3g} FLOPs",
-        f"lr         matrix {tc.matrix_lr * lr_s:.4g}, embedding {tc.embedding_lr * lr_s:.4g}, unembedding {tc.unembedding_lr * lr_s:.4g}, scalar {tc.scalar_lr * lr_s:.4g} (x (B/2^19)^{LR_BATCH_EXPONENT:g} = {lr_s:.3f})",
+        f"lr         matrix {tc.matrix_lr * s['matrix']:.4g}, embedding {tc.embedding_lr * s['embedding']:.4g}, unembedding {tc.unembedding_lr * s['unembedding']:.4g}, scalar {tc.scalar_lr * s['scalar']:.4g} (x (B/2^19)^gamma, gamma {gammas})",
         f"wd         {tc.weight_decay * wd_s:.4g} (= {tc.weight_decay} x (12/max(depth, 12))^2) | warm-up {tc.warmup_steps} steps, warm-down last {tc.warmdown_frac:.0%}",
         f"data       {tc.data_dir} | tokenizer {tok_name} | logs {Path(tc.log_dir) / tc.run_name}"])
 
