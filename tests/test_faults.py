@@ -195,9 +195,10 @@ folder = Path(sys.argv[1]) / (f"node{d.rank}" if sys.argv[2] == "apart" else "sh
 folder.mkdir(parents=True, exist_ok=True)
 try:
     trainer.check_shared_folder(folder, d)
-    print(f"rank {d.rank}: ok")
+    line = f"rank {d.rank}: ok"
 except ValueError as e:
-    print(f"rank {d.rank}: {e}")
+    line = f"rank {d.rank}: {e}"
+(Path(sys.argv[1]) / f"result{d.rank}.txt").write_text(line)   # one file per rank: two processes' prints can interleave
 dist.destroy_process_group()
 '''
 
@@ -210,7 +211,7 @@ def test_a_run_folder_other_nodes_cannot_see_is_caught(tmp_path):
     for mode in ("shared", "apart"):
         r = torchrun(2, script, tmp_path / mode, mode, cwd=REPO, timeout=300)
         assert r.returncode == 0, r.stderr[-3000:]
-        lines = sorted(l for l in r.stdout.splitlines() if l.startswith("rank "))
+        lines = sorted((tmp_path / mode / f"result{k}.txt").read_text() for k in range(2))
         if mode == "shared": assert lines == ["rank 0: ok", "rank 1: ok"], r.stdout
         else: assert len(lines) == 2 and all("is not on a filesystem shared by all nodes: point --log-dir at shared storage" in l for l in lines), r.stdout
     assert not (tmp_path / "shared" / "shared" / ".shared-check").exists()   # the token is removed
