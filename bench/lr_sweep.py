@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 import vibenanochat.data as data
 import vibenanochat.muon as muon
@@ -125,14 +126,14 @@ ALIAS = dict(value_embeds="embedding", resid_lambdas="scalars", x0_lambdas="scal
 def absolute_groups(mults: dict[str, float], wd: float | None = None):
     "Optimizer factory: the library's groups with each group's LR set to reference constant × mults[group] (absolute), Muon WD = wd."
     ref = dict(matrix="matrix_lr", embedding="embedding_lr", unembedding="unembedding_lr", value_embeds="embedding_lr")
-    def make(model, *, depth, total_batch_size, **_):
+    def make(model, *, depth, total_batch_size, ns_dtype=None, **_):
         groups = muon.muon_adamw_groups(model, depth=depth, total_batch_size=total_batch_size)
         for g in groups:
             key = ref.get(g["name"])
             base = REF[key] if key else (REF["scalar_lr"] * (0.01 if g["name"] == "resid_lambdas" else 1))
             g["lr"] = base * mults.get(g["name"], mults.get(ALIAS.get(g["name"], ""), mults.get("all", 1.0)))
             if g["kind"] == "muon" and wd is not None: g["weight_decay"] = wd
-        return muon.MuonAdamW(groups)
+        return muon.MuonAdamW(groups, ns_dtype=ns_dtype or torch.float32)   # the trainer passes its run's precision
     return make
 
 

@@ -96,7 +96,7 @@ def run(activation: str, seed: int, cfg: GPTConfig, train: torch.Tensor, val: to
         every: int, writer) -> float:
     model = build(activation, cfg, seed)
     opt = muon.MuonAdamW(muon.muon_adamw_groups(model, depth=cfg.n_layer, total_batch_size=B * cfg.seq_len),
-                         compile=False)
+                         compile=False, ns_dtype=torch.float32)      # fp32 throughout, as an fp32 trainer run
     T = cfg.seq_len
     g = torch.Generator().manual_seed(seed)                      # the batch order: the same for every activation
     vg = torch.Generator().manual_seed(1234)                     # the held-out windows: the same for every run

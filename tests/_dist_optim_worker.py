@@ -99,8 +99,9 @@ def run_exact(out: Path, world: int, rank: int) -> dict:
 
 def run_concat(world: int, rank: int) -> dict:
     model = build(); ref = copy.deepcopy(model)
-    opt = make_optimizer(model, cautious=False, **KW)
-    ropt = MuonAdamW(muon_adamw_groups(ref, cautious=False, **KW))
+    # fp32 Newton–Schulz on both sides: the comparison measures fp32 summation order, which bf16 rounding would amplify
+    opt = make_optimizer(model, cautious=False, ns_dtype=torch.float32, **KW)
+    ropt = MuonAdamW(muon_adamw_groups(ref, cautious=False, **KW), ns_dtype=torch.float32)
     for o in (opt, ropt):
         for g in o.param_groups:
             if g["kind"] == "adamw": g["eps"] = 1e-4

@@ -155,7 +155,8 @@ def test_compiled_optimizer_equals_eager():
     for compile in (True, False):
         torch.manual_seed(0)
         model = GPT(GPTConfig.from_depth(2, vocab_size=200, seq_len=32, value_embeds=True, layer_scalars=True))
-        opt = make_optimizer(model, depth=2, total_batch_size=2**19, compile=compile)
+        # fp32 Newton–Schulz: compiled and eager kernels round bf16 differently, and the difference compounds over steps
+        opt = make_optimizer(model, depth=2, total_batch_size=2**19, compile=compile, ns_dtype=torch.float32)
         assert (opt._muon_kernel is muon_update) != compile and (opt._adamw_kernel is adamw_update) != compile
         for step in range(4):
             apply_schedules(opt, step, 4)

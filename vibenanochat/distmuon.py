@@ -50,14 +50,14 @@ class DistMuonAdamW(MuonAdamW):
     (holding only that share of the optimizer state) and all-gathers the result. One process: plain MuonAdamW."""
 
     def __init__(self, param_groups: list[dict], compile: bool | None = None,
-                 world_size: int | None = None, rank: int | None = None):
+                 world_size: int | None = None, rank: int | None = None, ns_dtype: torch.dtype = torch.bfloat16):
         live = dist.is_available() and dist.is_initialized()    # no process group: one process, whatever the env says
         live_rank, _, live_world = plumbing.dist_info() if live else (0, 0, 1)
         self.world_size = world_size if world_size is not None else live_world
         self.rank = rank if rank is not None else live_rank
         if not 0 <= self.rank < self.world_size:
             raise ValueError(f"rank {self.rank} is outside world size {self.world_size}")
-        super().__init__(param_groups, compile)
+        super().__init__(param_groups, compile, ns_dtype)
 
     def _assign_ownership(self) -> None:
         counts = muon_counts([(len(b.params), math.prod(b.shape)) for b in self.buckets], self.world_size)
@@ -178,11 +178,11 @@ def reshard(shards: list[dict], optimizer: MuonAdamW) -> dict:
 def make_optimizer(model, *, depth: int, total_batch_size: int, matrix_lr: float = 0.02, embedding_lr: float = 0.3,
                    unembedding_lr: float = 0.004, scalar_lr: float = 0.5, weight_decay: float = 0.2,
                    adam_betas: tuple[float, float] = (0.8, 0.95), normuon: bool = True, cautious: bool = True,
-                   compile: bool | None = None) -> MuonAdamW:
+                   compile: bool | None = None, ns_dtype: torch.dtype = torch.bfloat16) -> MuonAdamW:
     "The optimizer for a GPT: LRs × `group_lr_scales(B)`, Muon WD × `depth_wd_scale(depth)`; DistMuonAdamW when torch.distributed runs W > 1."
     groups = muon_adamw_groups(model, depth=depth, total_batch_size=total_batch_size, matrix_lr=matrix_lr,
                                embedding_lr=embedding_lr, unembedding_lr=unembedding_lr, scalar_lr=scalar_lr,
                                weight_decay=weight_decay, adam_betas=adam_betas, normuon=normuon, cautious=cautious)
     if dist.is_available() and dist.is_initialized() and plumbing.dist_info()[2] > 1:
-        return DistMuonAdamW(groups, compile=compile)
-    return MuonAdamW(groups, compile=compile)
+        return DistMuonAdamW(groups, compile=compile, ns_dtype=ns_dtype)
+    return MuonAdamW(groups, compile=compile, ns_dtype=ns_dtype)

@@ -163,6 +163,10 @@ def _chunk_grad(x: torch.Tensor, w: torch.Tensor, tgt: torch.Tensor, g: torch.Te
     p.addcmul_(p, t.square_(), value=-1)                             # chain rule through cap·tanh(z/cap): × (1 − t²)
     return loss, p.mul_(torch.where(valid, g, 0.0)[:, None]).to(x.dtype)
 
+def _tanh(y: torch.Tensor) -> torch.Tensor:
+    "tanh(y) = 1 − 2/(1 + e^{2y}), exact to fp32 rounding (±inf give ±1): one exp is much cheaper than a compiled CPU tanh."
+    return 1 - 2 / (1 + torch.exp(2 * y))
+
 def _chunk_grads(x: torch.Tensor, w: torch.Tensor, tgt: torch.Tensor, g: torch.Tensor, cap: float,
                  ignore_index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Compiled: per-row loss of one chunk, d(Σ g·loss)/dx in x's dtype and d(Σ g·loss)/dWᵀ in fp32, written so that
@@ -171,8 +175,8 @@ def _chunk_grads(x: torch.Tensor, w: torch.Tensor, tgt: torch.Tensor, g: torch.T
     shift = cap if cap > 80 else 0.0                       # exp(s − shift) cannot overflow fp32 (|s| < cap)
     # the row sums and D' each recompute tanh and exp from Z (spelt differently, so that the graph's common-subexpression
     # pass keeps them apart): two passes that read bf16 Z beat one pass that writes fp32 temporaries for the other
-    total = torch.exp(torch.tanh(z.float() / cap) * cap - shift).sum(dim=-1)
-    t = torch.tanh(z.float() * (1 / cap))
+    total = torch.exp(_tanh(z.float() / cap) * cap - shift).sum(dim=-1)
+    t = _tanh(z.float() * (1 / cap))
     d = (torch.exp(cap * t - shift) * (1 - t * t)).to(x.dtype)    # softmax numerator × tanh' (1/total comes below)
     valid = tgt != ignore_index
     safe = torch.where(valid, tgt, 0)
@@ -226,8 +230,9 @@ MAX_TRACED_CHUNKS = 8    # a compiled model unrolls the chunk loop into its grap
 
 class _SoftcapCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, w, tgt, V, cap, ignore_index, reduction, chunk, compiled, grad_now):
-        n_valid = (tgt != ignore_index).sum()
+    def forward(ctx, x, w_param, tgt, V, cap, ignore_index, reduction, chunk, compiled, grad_now):
+        # W is cast to x's dtype here, not before the call: its gradient then leaves in fp32, never rounded to bf16
+        w, n_valid = w_param.to(x.dtype), (tgt != ignore_index).sum()
         if grad_now:                                                # mean/sum: the gradient of every row is known now
             loss, gx, gw = _loss_and_grads(x, w, V, tgt, x.new_ones(x.size(0), dtype=torch.float32), cap, ignore_index,
                                            chunk, compiled)
@@ -236,22 +241,22 @@ class _SoftcapCrossEntropy(torch.autograd.Function):
             loss = torch.cat([_kernel(_chunk_loss, compiled)(x[i:i + chunk], w[:V], tgt[i:i + chunk], cap, ignore_index)
                               for i in range(0, x.size(0), chunk)])
             ctx.save_for_backward(x, w, tgt, n_valid)
-        ctx.args = (V, cap, ignore_index, reduction, chunk, compiled, grad_now)
+        ctx.args = (V, cap, ignore_index, reduction, chunk, compiled, grad_now, w_param.dtype)
         if reduction == "none": return loss
         return loss.sum() if reduction == "sum" else loss.sum() / n_valid
 
     @staticmethod
     def backward(ctx, g):
-        V, cap, ignore_index, reduction, chunk, compiled, grad_now = ctx.args
+        V, cap, ignore_index, reduction, chunk, compiled, grad_now, w_dtype = ctx.args
         nones = (None,) * 8
         if grad_now:
             gx, gw, n_valid = ctx.saved_tensors
             scale = g if reduction == "sum" else g / n_valid
-            return (gx * scale).to(gx.dtype), (gw * scale).to(gx.dtype), *nones
+            return (gx * scale).to(gx.dtype), (gw * scale).to(w_dtype), *nones
         x, w, tgt, n_valid = ctx.saved_tensors                     # recompute each chunk with the row weights g
         rows = g.float() if reduction == "none" else (g if reduction == "sum" else g / n_valid).float().expand(x.size(0))
         _, gx, gw = _loss_and_grads(x, w, V, tgt, rows.contiguous(), cap, ignore_index, chunk, compiled)
-        return gx, gw.to(w.dtype), *nones
+        return gx, gw.to(w_dtype), *nones
 
 def softcap_cross_entropy(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, vocab_size: int, softcap: float,
                           ignore_index: int = -1, reduction: str = "mean", chunk_rows: int | None = None,
@@ -263,8 +268,7 @@ def softcap_cross_entropy(x: torch.Tensor, weight: torch.Tensor, targets: torch.
     dev = x.device.type
     if torch.is_autocast_enabled(dev):                              # autocast's matmul dtype, decided here once
         dt = torch.get_autocast_dtype(dev)
-        x, weight = x.to(dt), weight.to(dt)
-    else: weight = weight.to(x.dtype)
+        x = x.to(dt)
     grad_now = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad) and reduction != "none"
     most = chunk_rows or loss_chunk_rows(vocab_size)
     if torch.compiler.is_compiling() and not chunk_rows: most = max(most, -(-x.size(0) // MAX_TRACED_CHUNKS))

@@ -39,10 +39,10 @@ def ns_coefficients(scheme: str = "polar_express", steps: int = 5) -> list[tuple
     raise ValueError(f"unknown orthogonalisation scheme {scheme!r}: use one of {SCHEMES}")
 
 def orthogonalize(G: Tensor, steps: int = 5, scheme: str = "polar_express", dtype: torch.dtype | None = None) -> Tensor:
-    "≈ U Vᵀ for G = U S Vᵀ (batched over leading dims) by odd matrix polynomials; bf16 on GPU, fp32 on CPU by default."
+    "≈ U Vᵀ for G = U S Vᵀ (batched over leading dims) by odd matrix polynomials, computed in `dtype` (default: G's)."
     if G.dim() < 2: raise ValueError(f"orthogonalize needs a matrix (or a stack of them), got shape {tuple(G.shape)}")
     coeffs = ns_coefficients(scheme, steps)
-    X = G.to(dtype or (torch.bfloat16 if G.is_cuda else torch.float32))
+    X = G.to(dtype or G.dtype)
     tall = X.size(-2) > X.size(-1)
     if tall: X = X.mT                      # work on the wide side: X Xᵀ is then the smaller Gram matrix
     # the spectral norm is at most the Frobenius norm, so this puts every singular value in [0, 1]
@@ -71,13 +71,14 @@ def normuon_scale(u: Tensor, second: Tensor, beta2: Tensor) -> Tensor:
 
 def muon_update(params: Tensor, grads: Tensor, momentum_buf: Tensor, second_buf: Tensor | None,
                 momentum: Tensor, lr: Tensor, wd: Tensor, beta2: Tensor,
-                ns_steps: int = 5, scheme: str = "polar_express", cautious: bool = True) -> None:
+                ns_steps: int = 5, scheme: str = "polar_express", cautious: bool = True,
+                ns_dtype: torch.dtype | None = None) -> None:
     "One Muon step, in place, on a stack (K, rows, cols) of same-shape matrices; `grads` is used as scratch."
     dev = params.device
     mu = momentum.to(dev, grads.dtype)
     momentum_buf.lerp_(grads, 1 - mu)                   # m ← μ·m + (1−μ)·g
     g = grads.lerp_(momentum_buf, mu)                    # Nesterov: (1−μ)·g + μ·m
-    u = orthogonalize(g, ns_steps, scheme)
+    u = orthogonalize(g, ns_steps, scheme, ns_dtype)
     if second_buf is not None: u = normuon_scale(u, second_buf, beta2)
     u = u.to(params.dtype)
     lr, wd = lr.to(dev), wd.to(dev)
@@ -172,8 +173,10 @@ class MuonAdamW(torch.optim.Optimizer):
     "Muon for groups of kind 'muon' (2-D matrices), AdamW for groups of kind 'adamw', in one `step()`."
     world_size, rank = 1, 0
 
-    def __init__(self, param_groups: list[dict], compile: bool | None = None):
+    def __init__(self, param_groups: list[dict], compile: bool | None = None, ns_dtype: torch.dtype = torch.bfloat16):
         groups = [_check_group(g, i) for i, g in enumerate(param_groups)]
+        # Newton–Schulz in bf16 on every device, as Muon was designed (it tolerates the rounding); an all-fp32 run passes fp32
+        self.ns_dtype = ns_dtype
         super().__init__(groups, {})
         params = [p for g in self.param_groups for p in g["params"]]
         if compile is None: compile = bool(params) and can_compile(params[0].device)
@@ -223,7 +226,7 @@ class MuonAdamW(torch.optim.Optimizer):
         hp["lr"].fill_(g["lr"] * max(1.0, rows / cols) ** 0.5)    # tall matrices take proportionally bigger steps
         hp["wd"].fill_(g["weight_decay"]); hp["momentum"].fill_(g["momentum"]); hp["beta2"].fill_(g["beta2"])
         self._muon_kernel(params, grads, st["momentum"], st.get("second"), hp["momentum"], hp["lr"], hp["wd"],
-                          hp["beta2"], g["ns_steps"], g["scheme"], g["cautious"])
+                          hp["beta2"], g["ns_steps"], g["scheme"], g["cautious"], self.ns_dtype)
 
     @torch.no_grad()
     def step(self, closure=None):

@@ -466,7 +466,7 @@ def find_resume(tc: TrainConfig, cfg: GPTConfig, d: Dist, run_dir: Path, data_id
     return latest, meta
 
 # %% ../nbs/09_trainer.ipynb #0609e4f3
-def build_model(tc: TrainConfig, cfg: GPTConfig, d: Dist, use_compile: bool) -> tuple[GPT, object]:
+def build_model(tc: TrainConfig, cfg: GPTConfig, d: Dist, dtype: torch.dtype, use_compile: bool) -> tuple[GPT, object]:
     "The model, initialised from the seed (identical on every rank), and its optimizer."
     with torch.device("meta"): model = GPT(cfg)
     model.to_empty(device=d.device)
@@ -474,7 +474,8 @@ def build_model(tc: TrainConfig, cfg: GPTConfig, d: Dist, use_compile: bool) -> 
     model.init_weights()
     optimizer = distmuon.make_optimizer(model, depth=tc.depth, total_batch_size=tc.total_batch_size, matrix_lr=tc.matrix_lr,
                                         embedding_lr=tc.embedding_lr, unembedding_lr=tc.unembedding_lr, scalar_lr=tc.scalar_lr,
-                                        weight_decay=tc.weight_decay, compile=use_compile)   # compiled together with the model, or neither
+                                        weight_decay=tc.weight_decay, compile=use_compile,   # compiled together with the model, or neither
+                                        ns_dtype=dtype)     # Newton–Schulz in the run's precision: an fp32 run is fp32 throughout
     return model, optimizer
 
 def _restore(ckpt: Path, model: GPT, optimizer, loaders: list, d: Dist) -> None:
@@ -500,7 +501,7 @@ def setup(tc: TrainConfig, d: Dist, core_eval: Callable | None = None) -> Run:
         if ckpt is not None:
             loop.update(meta.get("loop", {}))
             loop["origin"] = rebase_schedule(meta["step"], meta["plan"]["num_steps"], plan["num_steps"], tc, loop.get("origin"))
-        model, optimizer = build_model(tc, cfg, d, use_compile)
+        model, optimizer = build_model(tc, cfg, d, dtype, use_compile)
         loaders = make_train_loaders(tc, plan, d)
         same_data = meta.get("data_id", data_id) == data_id    # else --allow-new-data: new streams start at the beginning
         if ckpt is not None: _restore(ckpt, model, optimizer, loaders if same_data else [], d)
