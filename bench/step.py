@@ -6,12 +6,14 @@
 
 Each (source tree, mode) runs in a fresh process (so peak RSS is its own) on the same random batches, with the
 model built as a benchmark harness builds it: `GPT(GPTConfig.from_depth(depth, seq_len=T, vocab_size=V))` and
-`make_optimizer(model, depth=depth, total_batch_size=B*T)` with their defaults. `fp32` is eager fp32; `bf16c` is
-bf16 autocast with the model compiled (`torch.compile(model, dynamic=False)`), the training defaults on a GPU.
+`make_optimizer(model, depth=depth, total_batch_size=B*T)` with their defaults, except that Newton–Schulz runs in the
+mode's precision as in the trainer. `fp32` is eager fp32 (the CPU default); `bf16c` is bf16 autocast with the model
+compiled (`torch.compile(model, dynamic=False)`), the training defaults on a GPU.
 Times are medians over --steps steps after --warmup steps (compilation happens in the warm-up). `cpu s` is the process's
 CPU time per step (all its threads): on a shared machine it moves much less than wall time when others take the cores.
 """
 import argparse
+import inspect
 import json
 import os
 import resource
@@ -32,8 +34,11 @@ def measure(a) -> dict:
     torch.manual_seed(0)
     cfg = GPTConfig.from_depth(a.depth, seq_len=a.seq_len, vocab_size=a.vocab, window_pattern=a.pattern)
     model = GPT(cfg)
-    opt = make_optimizer(model, depth=a.depth, total_batch_size=a.batch * a.seq_len)
     compiled = a.mode == "bf16c"
+    kw = {}
+    if "ns_dtype" in inspect.signature(make_optimizer).parameters:      # (a --baseline tree may predate it)
+        kw["ns_dtype"] = torch.bfloat16 if compiled else torch.float32  # the run's precision, as the trainer passes it
+    opt = make_optimizer(model, depth=a.depth, total_batch_size=a.batch * a.seq_len, **kw)
     fwd = torch.compile(model, dynamic=False) if compiled else model
     ctx = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if compiled else nullcontext
     gen = torch.Generator().manual_seed(1)
